@@ -1,0 +1,70 @@
+"""Every notebook runs headless in smoke mode, writes the figures it declares, and is stored clean."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from dlcore.figures import NotebookFailed, declared_figures, notebooks, run_notebook
+
+NOTEBOOKS = notebooks()
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def _cells(path):
+    return json.loads(Path(path).read_text())["cells"]
+
+
+def _parameters_cells(path):
+    return [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks/NN_*.ipynb found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_stored_clean(path):
+    dirty = [i for i, c in enumerate(_cells(path)) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameters_cell_holds_literals_only(path):
+    cells = _parameters_cells(path)
+    assert len(cells) == 1, f"{path.name}: needs exactly one cell tagged 'parameters', found {len(cells)}"
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    assert code[0] is cells[0], f"{path.name}: the parameters cell must be the first code cell"
+    tree = ast.parse("".join(cells[0]["source"]))
+    names = set()
+    for stmt in tree.body:
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name), \
+            f"{path.name}: parameters cell may only assign literals to names: {ast.unparse(stmt)}"
+        ast.literal_eval(stmt.value)  # raises ValueError on anything derived
+        names.add(stmt.targets[0].id)
+    assert {"SMOKE", "SEED", "DEVICE", "FIG_DIR"} <= names, f"{path.name}: parameters must include SMOKE, SEED, DEVICE, FIG_DIR"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_declares_figures(path):
+    assert declared_figures(path), f"{path.name}: metadata.dlcore.figures lists no figure"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_runs_in_smoke_mode(path, tmp_path):
+    fig_dir = tmp_path / "figures"
+    try:
+        result = run_notebook(path, tmp_path / "executed", fig_dir, smoke=True, device="cpu")
+    except NotebookFailed as e:
+        pytest.fail(str(e), pytrace=False)
+    missing = sorted(set(declared_figures(path)) - set(result.figures))
+    assert not missing, f"{path.name} did not write the figures it declares: {missing}"
+
+
+def test_committed_figures_match_declarations():
+    """The figures in the repository are those of the last full run: every declared one is there."""
+    root = Path(__file__).resolve().parent.parent / "figures"
+    missing = [f"{p.name}: {n}" for p in NOTEBOOKS for n in declared_figures(p) if not (root / f"{n}.png").exists()]
+    assert not missing, f"figures/ lacks declared figures (run `make figures`): {missing}"
