@@ -99,13 +99,13 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
-def add_arguments(parser) -> None:
+def add_figures_arguments(parser) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (what the tests run)")
     parser.add_argument("--only", metavar="NN", help="run only the notebooks whose name starts with NN, e.g. 02")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
 
 
-def main(args) -> int:
+def run_figures(args) -> int:
     import sys
 
     try:
