@@ -4,6 +4,10 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
+from dlcore.__main__ import COMMANDS, _hooks, build_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,8 +34,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make figures" in readme
 
 
-def test_cli_lists_figures_command():
-    from dlcore.__main__ import build_parser
-
-    help_text = build_parser().format_help()
-    assert "figures" in help_text
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_its_hooks_and_help(command):
+    """Each registered command's module gives add_<cmd>_arguments and run_<cmd>, and --help builds."""
+    add, run = _hooks(command)
+    assert callable(add) and callable(run)
+    parser = build_parser(command)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([command, "--help"])
+    assert exit_.value.code == 0
