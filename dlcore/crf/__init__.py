@@ -1,0 +1,172 @@
+"""The fully connected CRF of DeepLab v1 (Sec. 4) and v2 (Sec. 3.3), on CPU and CUDA with one code path.
+
+    dense_crf(image uint8 [H,W,3], probs [L,H,W]) -> Q [L,H,W]   (numpy in -> numpy out, torch -> torch)
+    DenseCRF(...)(images uint8 [B,3,H,W], probs [B,L,H,W]) -> Q [B,L,H,W]
+
+Inference is Krähenbühl & Koltun's mean-field (`meanfield.py`) with the two Gaussian kernels filtered on a
+permutohedral lattice (`lattice.py`); `exact.py` is the O(N^2) reference. The numbers match pydensecrf.
+
+Defaults are DeepLab v1's DeepLab-LargeFOV settings, cross-validated on VOC 2012 val (DeepLab v1, Sec. 4.1
+and its released CRF config): w1 = 4, sigma_alpha = 121, sigma_beta = 5, w2 = 3, sigma_gamma = 3,
+10 iterations. DeepLab v2 fixes w2 = 3, sigma_gamma = 3 in the paper (Sec. 4.1) and cross-validates the rest;
+its released ResNet-101 VOC config is `DEEPLAB_V2_RESNET101` below (w1 = 4, sigma_alpha = 67,
+sigma_beta = 3, w2 = 3, sigma_gamma = 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlcore.crf.exact import exact_gaussian_filter, kernels_at
+from dlcore.crf.lattice import PermutohedralLattice, check_lattice_fits, lattice_memory_bytes
+from dlcore.crf.meanfield import NORMALIZATIONS, PROB_FLOOR, kl_divergence, mean_field, pairwise_filter
+
+__all__ = [
+    "dense_crf", "DenseCRF", "PermutohedralLattice", "exact_gaussian_filter", "kernels_at", "crf_features",
+    "lattice_memory_bytes", "kl_divergence", "DEEPLAB_V1_LARGEFOV", "DEEPLAB_V2_RESNET101",
+]
+
+DEEPLAB_V1_LARGEFOV = dict(iterations=10, w1=4.0, sigma_alpha=121.0, sigma_beta=5.0, w2=3.0, sigma_gamma=3.0)
+DEEPLAB_V2_RESNET101 = dict(iterations=10, w1=4.0, sigma_alpha=67.0, sigma_beta=3.0, w2=3.0, sigma_gamma=1.0)
+
+# Probabilities must sum to 1 over labels up to float32 rounding of a softmax.
+_SUM_TOL = 1e-3
+
+
+def crf_features(images: torch.Tensor, sigma_alpha: float, sigma_beta: float, sigma_gamma: float):
+    """Kernel features for images uint8 [B,3,H,W], pixels in row-major order per image (pydensecrf's DenseCRF2D).
+
+    Returns (appearance [B*H*W, 5] = (x, y) / sigma_alpha, (R, G, B) / sigma_beta;
+             smoothness [B*H*W, 2] = (x, y) / sigma_gamma; group [B*H*W] image index).
+    """
+    b, _, h, w = images.shape
+    device = images.device
+    y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    xy = torch.stack([x, y], -1).reshape(1, h * w, 2).float().expand(b, -1, -1).reshape(-1, 2)
+    rgb = images.permute(0, 2, 3, 1).reshape(-1, 3).float()
+    appearance = torch.cat([xy / sigma_alpha, rgb / sigma_beta], 1)
+    smoothness = xy / sigma_gamma
+    group = torch.arange(b, device=device).repeat_interleave(h * w)
+    return appearance, smoothness, group
+
+
+def _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization) -> None:
+    if int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    for name, sigma in (("sigma_alpha", sigma_alpha), ("sigma_beta", sigma_beta), ("sigma_gamma", sigma_gamma)):
+        if not sigma > 0:
+            raise ValueError(f"{name} must be > 0 (a kernel width), got {sigma!r}")
+    for name, w in (("w1", w1), ("w2", w2)):
+        if not np.isfinite(w):
+            raise ValueError(f"{name} must be a finite kernel weight, got {w!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def _check_batch(images: torch.Tensor, probs: torch.Tensor) -> None:
+    """Validate images uint8 [B,3,H,W] and probs [B,L,H,W] with clear messages (DenseCRF's layout)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"image must be uint8 RGB ([H,W,3] for dense_crf, [B,3,H,W] for DenseCRF), got dtype {images.dtype} "
+            f"and shape {tuple(images.shape)}; convert with (image * 255).round().astype(np.uint8) from [0,1] "
+            "floats, and stack grey images to 3 channels"
+        )
+    if probs.ndim != 4:
+        raise ValueError(f"probs must be [L,H,W] (or [B,L,H,W] for DenseCRF), got shape {tuple(probs.shape)}")
+    if probs.shape[1] < 2:
+        raise ValueError(f"probs has {probs.shape[1]} label(s); a CRF needs at least 2 labels to choose between")
+    if images.shape[0] != probs.shape[0] or images.shape[2:] != probs.shape[2:]:
+        raise ValueError(
+            f"image and probs differ in size: image {tuple(images.shape)} vs probs {tuple(probs.shape)}; "
+            "upsample the network's probabilities to the image size first (bilinear, as DeepLab does)"
+        )
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be floating point probabilities (softmax output), got dtype {probs.dtype}")
+    if not torch.isfinite(probs).all():
+        raise ValueError("probs contain NaN or Inf; pass softmax probabilities, not raw logits or log-probabilities")
+    if (probs < 0).any():
+        raise ValueError("probs contain negative values; pass softmax probabilities, not logits (use torch.softmax)")
+    total = probs.sum(1)
+    if ((total - 1).abs() > _SUM_TOL).any():
+        worst = float((total - 1).abs().max())
+        raise ValueError(
+            f"probs must sum to 1 over the label axis (axis 0 of [L,H,W], 1 of [B,L,H,W]); off by up to {worst:.3g}. "
+            "Apply softmax over labels, or check the label axis comes first"
+        )
+
+
+class DenseCRF(nn.Module):
+    """Fully connected CRF with mean-field inference for batches: forward(images uint8 [B,3,H,W], probs [B,L,H,W]).
+
+    The whole batch shares one lattice build (the image index is part of each lattice key), so on a GPU
+    a batch costs a handful of sparse matrix products per iteration. No learnable parameters.
+    """
+
+    def __init__(self, iterations: int = 10, *, w1: float = 4.0, sigma_alpha: float = 121.0, sigma_beta: float = 5.0,
+                 w2: float = 3.0, sigma_gamma: float = 3.0, normalization: str = "symmetric",
+                 max_memory_bytes: int | None = None):
+        super().__init__()
+        _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization)
+        self.iterations = int(iterations)
+        self.w1, self.sigma_alpha, self.sigma_beta = float(w1), float(sigma_alpha), float(sigma_beta)
+        self.w2, self.sigma_gamma = float(w2), float(sigma_gamma)
+        self.normalization = normalization
+        self.max_memory_bytes = max_memory_bytes
+
+    def extra_repr(self) -> str:
+        return (f"iterations={self.iterations}, w1={self.w1}, sigma_alpha={self.sigma_alpha}, sigma_beta={self.sigma_beta}, "
+                f"w2={self.w2}, sigma_gamma={self.sigma_gamma}, normalization={self.normalization!r}")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None = None) -> torch.Tensor:
+        _check_batch(images, probs)
+        if self.iterations == 0:
+            return probs
+        images = images.to(probs.device)
+        b, num_labels, h, w = probs.shape
+        check_lattice_fits(b * h * w, 5, num_labels, probs.device, self.max_memory_bytes)
+        appearance, smoothness, group = crf_features(images, self.sigma_alpha, self.sigma_beta, self.sigma_gamma)
+        lattices = [PermutohedralLattice(appearance, group, self.max_memory_bytes),
+                    PermutohedralLattice(smoothness, group, self.max_memory_bytes)]
+        pairwise = pairwise_filter(lattices, [self.w1, self.w2], self.normalization)
+        q = probs.float().permute(0, 2, 3, 1).reshape(-1, num_labels)
+        unary = -torch.log(q.clamp_min(PROB_FLOOR))
+        steps = None if trace is None else []
+        q = mean_field(unary, pairwise, self.iterations, steps)
+        to_batch = lambda x: x.view(b, h, w, num_labels).permute(0, 3, 1, 2).contiguous().to(probs.dtype)  # noqa: E731
+        if trace is not None:
+            trace.extend({**step, "q": to_batch(step["q"])} for step in steps)
+        return to_batch(q)
+
+
+def dense_crf(image, probs, iterations: int = 10, *, w1: float = 4.0, sigma_alpha: float = 121.0,
+              sigma_beta: float = 5.0, w2: float = 3.0, sigma_gamma: float = 3.0, normalization: str = "symmetric",
+              trace: list | None = None, max_memory_bytes: int | None = None):
+    """Refine DCNN probabilities with the fully connected CRF (DeepLab v1 Sec. 4, Krähenbühl & Koltun 2011).
+
+    image: uint8 RGB [H,W,3] (numpy or torch); probs: [L,H,W] softmax probabilities (numpy or torch, CPU or
+    CUDA). Returns Q [L,H,W] of the same kind and device as `probs`. Defaults: DeepLab-LargeFOV's
+    cross-validated settings (see the module docstring). `normalization`: "symmetric" (pydensecrf's default),
+    "before", "after" or "none". `trace`: a list that receives, for Q_0..Q_T, {"iteration", "q" [L,H,W],
+    "kl" (as pydensecrf's klDivergence), "energy", "entropy"}. Zero iterations return `probs` unchanged.
+    """
+    _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization)
+    as_numpy = isinstance(probs, np.ndarray)
+    probs_t = torch.from_numpy(np.ascontiguousarray(probs)) if as_numpy else probs
+    image_t = torch.from_numpy(np.array(image)) if isinstance(image, np.ndarray) else torch.as_tensor(image)
+    if image_t.ndim != 3 or image_t.shape[-1] != 3:
+        raise ValueError(
+            f"image must be uint8 RGB [H,W,3], got shape {tuple(image_t.shape)} and dtype {image_t.dtype}; "
+            "stack grey images to 3 channels and drop an alpha channel (image[..., :3])"
+        )
+    if probs_t.ndim != 3:
+        raise ValueError(f"probs must be [L,H,W] softmax probabilities, got shape {tuple(probs_t.shape)}")
+    crf = DenseCRF(iterations, w1=w1, sigma_alpha=sigma_alpha, sigma_beta=sigma_beta, w2=w2, sigma_gamma=sigma_gamma,
+                   normalization=normalization, max_memory_bytes=max_memory_bytes)
+    steps = None if trace is None else []
+    q = crf(image_t.permute(2, 0, 1)[None], probs_t[None], trace=steps)[0]
+    if trace is not None:  # each step's Q [L,H,W] of the same kind as the result
+        trace.extend({**step, "q": step["q"][0].numpy() if as_numpy else step["q"][0]} for step in steps)
+    return q.numpy() if as_numpy else q
