@@ -67,6 +67,7 @@ class Predictor:
         Both default to "auto" = on for CUDA, off for CPU; True on a CPU raises.
     compile: `torch.compile` the network (CUDA only). cuda_graphs: capture the network stage once per input
         shape in a CUDA graph and replay it, which removes the kernel-launch cost that bounds batch 1.
+    The model is moved to the device and put in eval mode in place (batch norm uses its running statistics).
     """
 
     def __init__(self, model: nn.Module, *, device="auto", crf=True, normalize: str = "imagenet",

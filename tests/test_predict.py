@@ -197,3 +197,20 @@ def test_recorded_gpu_results_keeps_gpu_sections_only(tmp_path):
     assert recorded_gpu_results(path) == []
     with pytest.raises(FileNotFoundError, match="RESULTS.md"):
         recorded_gpu_results(tmp_path / "missing.md")
+
+
+def test_benchmark_table_ratios_are_against_the_same_run_reference():
+    """benchmarks/models.py divides each row by the references of the same dtype and batch."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"model": "fcn_resnet101", "dtype": "fp32", "batch": 1, "size": 9, "ips": 2.0},
+            {"model": "deeplabv3_resnet101", "dtype": "fp32", "batch": 1, "size": 9, "ips": 4.0},
+            {"model": "ours", "dtype": "fp32", "batch": 1, "size": 9, "ips": 8.0}]
+    table = bench.markdown(rows, [{"model": "ours", "batch": 1, "size": "5x4", "ips": 3.0}])
+    assert "| ours | fp32 | 1 | 9 | 8.00 | 4.00 | 2.00 |" in table
+    assert "| ours | 1 | 5x4 | 3.00 |" in table
