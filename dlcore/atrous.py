@@ -109,15 +109,20 @@ def _scalar(value, name: str, layer: nn.Module) -> int:
     return pair[0]
 
 
-def make_dense(net: nn.Module) -> nn.Sequential:
+def make_dense(net: nn.Module, output_stride: int = 1) -> nn.Sequential:
     """The hole algorithm (DeepLab v1, Sec. 3.1): the same network, evaluated at every input position.
 
     Walking the layers in order, a layer with stride s gets stride 1, and every *later* layer gets its
     dilation (and padding, so that "same" padding stays "same") multiplied by s; a max-pool after it becomes
     a dilated max-pool. The weights are shared with `net`, not copied: it is one set of parameters, two
     ways of sliding it. Accepts an nn.Sequential (nested ones too) of Conv2d, MaxPool2d and pointwise layers.
+
+    `output_stride` (DeepLab v2, Sec. 3.1): the first strides are kept while their product stays within
+    output_stride, only the later ones become rates; DeepLab v1 is VGG-16 at output_stride=8.
     """
-    layers, rate = [], 1
+    if isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral) or output_stride < 1:
+        raise ValueError(f"output_stride must be an integer >= 1 (1 = fully dense), got {output_stride!r}")
+    layers, rate, kept = [], 1, 1
     for layer in _flatten(net):
         if isinstance(layer, _POINTWISE):
             layers.append(layer)
@@ -126,18 +131,26 @@ def make_dense(net: nn.Module) -> nn.Sequential:
             raise ValueError(f"make_dense handles Conv2d, MaxPool2d and pointwise layers; {type(layer).__name__} "
                              f"has no dilation to scale (replace it, e.g. AvgPool2d by a depthwise Conv2d)")
         stride = _scalar(layer.stride, "stride", layer)
-        dense = copy.copy(layer)  # shallow: Conv2d keeps the very same weight and bias Parameters
-        if isinstance(layer, nn.Conv2d):
-            dense.dilation = (layer.dilation[0] * rate, layer.dilation[1] * rate)
-            dense.padding = tuple(p * rate for p in _pair(layer.padding, "padding"))
-            dense.stride = (1, 1)
-        else:
-            dense.dilation = _scalar(layer.dilation, "dilation", layer) * rate
-            dense.padding = _scalar(layer.padding, "padding", layer) * rate
-            dense.stride = 1
-        layers.append(dense)
-        rate *= stride
+        keep = kept * stride <= output_stride  # this subsampling still fits in output_stride
+        kept *= stride if keep else 1
+        layers.extend(_dilated(layer, rate, stride if keep else 1))
+        rate *= 1 if keep else stride
     return nn.Sequential(*layers)
+
+
+def _dilated(layer: nn.Module, rate: int, stride: int) -> list[nn.Module]:
+    """`layer` with its dilation and padding times `rate` and the given stride (same weights)."""
+    dense = copy.copy(layer)  # shallow: Conv2d keeps the very same weight and bias Parameters
+    if isinstance(layer, nn.Conv2d):
+        dense.dilation = (layer.dilation[0] * rate, layer.dilation[1] * rate)
+        dense.padding = tuple(p * rate for p in _pair(layer.padding, "padding"))
+        dense.stride = (stride, stride)
+        return [dense]
+    dense.dilation = _scalar(layer.dilation, "dilation", layer) * rate
+    dense.stride, dense.padding = stride, 0
+    pad = _scalar(layer.padding, "padding", layer) * rate
+    # Max-pool pads with -inf; torch caps implicit padding at half the kernel, so pad explicitly.
+    return [nn.ConstantPad2d(pad, float("-inf")), dense] if pad else [dense]
 
 
 def _total_stride(net: nn.Module) -> int:
@@ -209,11 +222,13 @@ def receptive_field(layers: Iterable[tuple[int, ...]]) -> ReceptiveField:
 
 
 def layer_geometry(net: nn.Module) -> list[tuple[int, int, int, int]]:
-    """(kernel, stride, dilation, padding) of every Conv2d / MaxPool2d / AvgPool2d in `net`, in forward order,
+    """(kernel, stride, dilation, padding) of every Conv2d / MaxPool2d / AvgPool2d / explicit pad in `net`, in order,
     along the height axis (pass them to `receptive_field`). Assumes a chain: branches (ASPP) need one call each."""
     geometry = []
     for layer in net.modules():
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(layer, (nn.ConstantPad2d, nn.ZeroPad2d)):  # explicit padding: a 1x1 "layer" that pads
+            geometry.append((1, 1, 1, layer.padding[2]))
+        elif isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k, s, p = (_pair(getattr(layer, a), a)[0] for a in ("kernel_size", "stride", "padding"))
             d = _pair(getattr(layer, "dilation", 1), "dilation")[0]
             geometry.append((k, s, d, p))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dlcore.crf import DenseCRF, PermutohedralLattice, crf_features, dense_crf, exact_gaussian_filter
+from dlcore.crf import DenseCRF, PermutohedralLattice, crf_features, dense_crf, exact_gaussian_filter, kernels_at
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
 EXAMPLES = PEER / "pydensecrf_examples"
@@ -61,6 +61,18 @@ def test_exact_filter_is_a_gaussian():
     torch.testing.assert_close(out, expected)
 
 
+def test_kernels_at_equals_filtering_a_delta():
+    image = photo(12, 16)
+    appearance, smoothness = kernels_at(image, 5, 7, sigma_alpha=6.0, sigma_beta=20.0, sigma_gamma=2.0)
+    f_app, f_smooth, _ = crf_features(torch.from_numpy(image).permute(2, 0, 1)[None], 6.0, 20.0, 2.0)
+    delta = torch.zeros(12 * 16, 1, dtype=torch.float64)
+    delta[5 * 16 + 7] = 1
+    np.testing.assert_allclose(exact_gaussian_filter(f_app, delta).numpy().reshape(12, 16), appearance, atol=1e-6)  # features are float32
+    np.testing.assert_allclose(exact_gaussian_filter(f_smooth, delta).numpy().reshape(12, 16), smoothness, atol=1e-6)
+    with pytest.raises(ValueError, match="outside"):
+        kernels_at(image, 12, 0, sigma_alpha=6.0, sigma_beta=20.0, sigma_gamma=2.0)
+
+
 def test_batch_lattice_keeps_images_apart():
     images = torch.from_numpy(np.stack([photo(24, 32), photo(24, 32)[::-1].copy()])).permute(0, 3, 1, 2)
     probs = torch.from_numpy(np.stack([smooth_random_probs(24, 32, 4, 1), smooth_random_probs(24, 32, 4, 2)]))
@@ -95,6 +107,16 @@ def test_trace_records_kl_and_crf_lowers_it():
     assert [t["iteration"] for t in trace] == list(range(6))
     assert all(np.isfinite(t["kl"]) for t in trace)
     assert trace[-1]["kl"] < trace[0]["kl"], "mean-field should lower the KL divergence from Q0"
+
+
+def test_trace_q_follows_the_input_kind_and_ends_at_the_result():
+    probs = smooth_random_probs(16, 20, 3)
+    trace = []
+    q = dense_crf(torch.from_numpy(photo(16, 20)), torch.from_numpy(probs), 3, trace=trace)
+    assert all(isinstance(t["q"], torch.Tensor) and t["q"].shape == (3, 16, 20) for t in trace)
+    torch.testing.assert_close(trace[-1]["q"], q)
+    torch.testing.assert_close(trace[0]["q"], torch.from_numpy(probs), atol=1e-5, rtol=0)  # Q0 = softmax(log P) = P
+    assert all(abs(t["kl"] - (t["energy"] - t["entropy"])) < 1e-6 * max(1.0, abs(t["kl"])) for t in trace)
 
 
 def test_pairwise_weights_smooth_the_labels():
