@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
@@ -225,12 +226,19 @@ class PermutohedralLattice:
         return self.alpha * (v[self.offset] * self.barycentric[:, :, None]).sum(1)
 
 
+def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A CSR tensor built from indices this module constructed valid (so no invariant check), minus the beta warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, size, check_invariants=False)
+
+
 def _csr_from_rows(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
     """CSR matrix from triplets without duplicates; a stable sort by row keeps each row's columns in order."""
     rows, order = torch.sort(rows, stable=True)
     counts = torch.bincount(rows, minlength=size[0])
     crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return torch.sparse_csr_tensor(crow, cols[order], values[order], size)
+    return _csr(crow, cols[order], values[order], size)
 
 
 class FusedFilter:
@@ -264,7 +272,7 @@ class FusedFilter:
         slice_cols, order = slice_cols.sort(1)  # sorted columns per row, as sparse backends expect
         width = slice_cols.shape[1]
         crow = torch.arange(0, n * width + 1, width, device=device)
-        self.slice = torch.sparse_csr_tensor(crow, slice_cols.reshape(-1), slice_vals.gather(1, order).reshape(-1), (n, total))
+        self.slice = _csr(crow, slice_cols.reshape(-1), slice_vals.gather(1, order).reshape(-1), (n, total))
         self.blur = []
         for axis in range(lattices[0].d + 1):
             active = [(lat, b) for lat, b in zip(lattices, base) if lat.d >= axis]
@@ -285,7 +293,7 @@ class FusedFilter:
         cols, vals = torch.cat(cols), torch.cat(vals)
         found = cols >= 0
         crow = torch.cat([cols.new_zeros(1), found.sum(1).cumsum(0)])
-        return torch.sparse_csr_tensor(crow, cols[found], vals[found], (size, size))
+        return _csr(crow, cols[found], vals[found], (size, size))
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         v = torch.sparse.mm(self.splat, values)

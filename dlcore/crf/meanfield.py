@@ -83,7 +83,7 @@ def mean_field(unary: torch.Tensor, pairwise: FusedFilter, iterations: int, trac
         message = pairwise(q)
         if trace is not None:
             trace.append({"iteration": t, "q": q, **free_energy_terms(q, unary, message)})
-        q = torch.softmax(message - unary, dim=1)
+        q = torch.softmax(message.sub_(unary), dim=1)  # in place: message is a fresh buffer
     if trace is not None:
         trace.append({"iteration": iterations, "q": q, **free_energy_terms(q, unary, pairwise(q))})
     return q
