@@ -1,6 +1,8 @@
 """dlcore.predict: on CPU the end-to-end path equals the plain model + upsampling + DenseCRF + argmax,
 and the CUDA-only speed options are off by default and refused by name."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,10 @@ from dlcore.predict import (Predictor, activation_megabytes, as_batch, build_crf
                             recorded_gpu_results)
 
 torch.set_num_threads(2)
+
+# predict normalizes with dlcore.data.transforms.normalize, written by the data engineer in parallel.
+needs_normalize = pytest.mark.skipif(importlib.util.find_spec("dlcore.data.transforms") is None,
+                                     reason="dlcore.data.transforms (normalize) is not in the tree yet")
 
 
 class StridedNet(nn.Module):
@@ -48,6 +54,7 @@ def reference_probs(model, images):
     return logits.softmax(1)
 
 
+@needs_normalize
 def test_network_only_equals_model_upsample_argmax(images):
     torch.manual_seed(0)
     model = StridedNet()
@@ -56,6 +63,7 @@ def test_network_only_equals_model_upsample_argmax(images):
     assert torch.equal(labels, reference_probs(model, images).argmax(1))
 
 
+@needs_normalize
 def test_input_size_logits_are_not_resampled(images):
     torch.manual_seed(0)
     model = InputSizeNet()
@@ -64,6 +72,7 @@ def test_input_size_logits_are_not_resampled(images):
     assert torch.allclose(probs.sum(1), torch.ones(2, 24, 32), atol=1e-5)
 
 
+@needs_normalize
 @pytest.mark.parametrize("params", [True, {"iterations": 3, "w1": 6.0, "sigma_alpha": 20.0, "sigma_beta": 5.0}])
 def test_with_crf_equals_model_then_dense_crf(images, params):
     from dlcore.crf import DenseCRF
@@ -75,6 +84,7 @@ def test_with_crf_equals_model_then_dense_crf(images, params):
     assert torch.equal(predict(model, images, crf=params, device="cpu"), expected)
 
 
+@needs_normalize
 def test_crf_changes_the_labels_somewhere(images):
     """Guards the test above against a CRF that is silently skipped: strong smoothing must move labels."""
     torch.manual_seed(0)
@@ -84,6 +94,7 @@ def test_crf_changes_the_labels_somewhere(images):
     assert (plain != refined).any()
 
 
+@needs_normalize
 def test_list_and_single_image_inputs(images):
     torch.manual_seed(0)
     p = Predictor(StridedNet(), device="cpu", crf=False)
@@ -126,6 +137,7 @@ def test_bad_options_are_clear_errors():
         Predictor(StridedNet(), device="cpu", bf16="on")
 
 
+@needs_normalize
 def test_msc_list_output_is_a_clear_error(images):
     class ListNet(StridedNet):
         def forward(self, x):
@@ -135,6 +147,7 @@ def test_msc_list_output_is_a_clear_error(images):
         predict(ListNet(), images, crf=False, device="cpu")
 
 
+@needs_normalize
 def test_a_dlcore_model_end_to_end(images):
     """The real thing at a CPU width: a DeepLab-v2 net through predict equals the model + CRF path."""
     models = pytest.importorskip("dlcore.models")
