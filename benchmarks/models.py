@@ -15,6 +15,7 @@ on the weights' values, so random initialisation measures the same thing.
 """
 
 import argparse
+import statistics
 
 import torch
 from torch import nn
@@ -24,11 +25,13 @@ from dlcore.predict import Predictor, images_per_second
 
 REFERENCES = {"fcn_resnet101": "torchvision", "deeplabv3_resnet101": "torchvision"}
 # Full mode: every model at the issue's sizes. Quick mode (CPU): the three the notebooks discuss plus both
-# references, one 257 x 257 image, fp32 only, a 250 x 188 end-to-end image, two timed runs: minutes, not hours,
-# on 2 cores. (bf16 is left out of quick mode: on a CPU without bf16 instructions autocast runs ~100x slower
+# references, one 257 x 257 image, fp32 only, a 250 x 188 end-to-end image: minutes, not hours, on 2 cores. The
+# models take turns (5 rounds of one timed call each, median), so that the load of other jobs on a shared machine
+# hits them alike. (bf16 is left out of quick mode: on a CPU without bf16 instructions autocast runs ~100x slower
 # than fp32; measured 0.01 images/s for the references on the dev box. Ask for it with --dtype bf16.)
 QUICK_MODELS = ["fcn8s", "deeplab-v1-largefov", "deeplab-v2-resnet101-aspp-l"]
-QUICK = {"size": 257, "batch": [1], "dtype": ["fp32"], "e2e_size": (188, 250), "e2e_batch": 1, "iters": 2, "warmup": 1}
+QUICK = {"size": 257, "batch": [1], "dtype": ["fp32"], "e2e_size": (188, 250), "e2e_batch": 1, "iters": 1, "warmup": 1,
+         "rounds": 5, "e2e_iters": 3}
 FULL = {"size": 513, "batch": [1, 16], "dtype": ["fp32", "bf16"], "e2e_size": (375, 500), "e2e_batch": 16,
         "iters": 20, "warmup": 5}
 E2E_MODELS = ["deeplab-v1-largefov", "deeplab-v2-resnet101-aspp-l"]
@@ -91,18 +94,38 @@ def random_images(batch: int, height: int, width: int, device: torch.device) -> 
 
 
 def forward_table(args, preset) -> list[dict]:
-    rows = []
+    """One row per (model, dtype, batch). rounds == 1: each model built, timed and freed in turn. rounds > 1
+    (quick mode): every model is kept and the models take turns, `iters` calls each per round, and a row is the
+    median over the rounds, so that load from other jobs on a shared machine hits every model alike."""
     names = args.models + [r for r in REFERENCES if r not in args.models]
-    for name in names:
-        model = build(name, args.num_classes, args.width)
-        for dtype in args.dtype or preset["dtype"]:
-            fn = forward_fn(name, model, args.device, dtype, args.cuda_graphs)
-            for batch in args.batch or preset["batch"]:
-                images = random_images(batch, preset["size"], preset["size"], args.device)
-                ips = images_per_second(fn, images, preset["iters"], preset["warmup"])
+    dtypes, batches = args.dtype or preset["dtype"], args.batch or preset["batch"]
+    if preset.get("rounds", 1) == 1:
+        rows = []
+        for name in names:
+            model = build(name, args.num_classes, args.width)
+            rows += _measure({name: model}, args, preset, dtypes, batches)
+            del model
+        return rows
+    models = {name: build(name, args.num_classes, args.width) for name in names}
+    return _measure(models, args, preset, dtypes, batches)
+
+
+def _measure(models: dict, args, preset, dtypes, batches) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        fns = {name: forward_fn(name, m, args.device, dtype, args.cuda_graphs) for name, m in models.items()}
+        for batch in batches:
+            images = random_images(batch, preset["size"], preset["size"], args.device)
+            for fn in fns.values():
+                images_per_second(fn, images, 1, preset["warmup"])  # warm-up (the one timed call is discarded)
+            runs = {name: [] for name in fns}
+            for _ in range(preset.get("rounds", 1)):
+                for name, fn in fns.items():
+                    runs[name].append(images_per_second(fn, images, preset["iters"], 0))
+            for name, ips in runs.items():
+                ips = statistics.median(ips)
                 rows.append({"model": name, "dtype": dtype, "batch": batch, "size": preset["size"], "ips": ips})
                 print(f"{name:<34}{dtype:>6}{batch:>4}  {ips:9.2f} images/s", flush=True)
-        del model
     return rows
 
 
@@ -114,7 +137,7 @@ def e2e_table(args, preset) -> list[dict]:
         model = build(name, args.num_classes, args.width)
         predictor = Predictor(model, device=args.device, crf={"iterations": 10}, cuda_graphs=args.cuda_graphs)
         images = random_images(batch, height, width, args.device)
-        ips = images_per_second(predictor, images, preset["iters"], preset["warmup"])
+        ips = images_per_second(predictor, images, preset.get("e2e_iters", preset["iters"]), preset["warmup"])
         rows.append({"model": name, "batch": batch, "size": f"{width}x{height}", "ips": ips})
         print(f"end to end {name:<34}{batch:>4}  {ips:9.2f} images/s", flush=True)
     return rows
@@ -149,6 +172,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="run the dlcore models eagerly on a GPU (CUDA graphs are on by default there)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="timed calls per row and round (default 20; --quick: 1)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds in which the models take turns, median reported (default 1; --quick: 5)")
     p.add_argument("--quick", action="store_true", help="CPU mode: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
     args.device = dlcore.resolve_device(args.device)
@@ -166,7 +193,15 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    preset = QUICK if args.quick else FULL
+    preset = dict(QUICK if args.quick else FULL)
+    if args.iters is not None:
+        if args.iters < 1:
+            raise SystemExit("--iters must be >= 1")
+        preset["iters"] = args.iters
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise SystemExit("--rounds must be >= 1")
+        preset["rounds"] = args.rounds
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, preset "
           f"{'quick' if args.quick else 'full'}, cuda graphs {args.cuda_graphs}", flush=True)
     forward_rows = forward_table(args, preset)

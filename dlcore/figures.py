@@ -5,9 +5,12 @@ so that the runner and the tests can check that each was written.
 """
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dlcore.viz import HEADLESS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -57,6 +60,8 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"SMOKE": smoke, "DEVICE": device, "FIG_DIR": str(fig_dir), **(extra or {})}
     start = time.perf_counter()
+    previous = os.environ.get(HEADLESS_ENV)
+    os.environ[HEADLESS_ENV] = "1"  # inherited by the kernel: widgets are skipped (see dlcore.viz.interact)
     try:
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name=kernel_name(),
                             cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
@@ -64,6 +69,11 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
         source = _cell_source(out_dir / path.name, e.cell_index)
         raise NotebookFailed(f"{path.name}: cell {e.exec_count} (index {e.cell_index}) raised "
                              f"{e.ename}: {e.evalue}\n--- cell source ---\n{source}") from None
+    finally:
+        if previous is None:
+            os.environ.pop(HEADLESS_ENV, None)
+        else:
+            os.environ[HEADLESS_ENV] = previous
     seconds = time.perf_counter() - start
     written = [n for n in declared_figures(path) if (fig_dir / f"{n}.png").exists()]
     return Result(path.name, seconds, written)

@@ -1,5 +1,6 @@
 """Figures: reproducible PNGs, label overlays."""
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -34,3 +35,38 @@ def use_headless_backend() -> None:
     """Agg when no display is there (papermill, CI); notebooks in JupyterLab keep their inline backend."""
     if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "inline")):
         matplotlib.use("Agg")
+
+
+# Headless runs (papermill: `make figures`, the notebook tests) set this in the kernel's environment. Widgets
+# there have no front end to talk to, and nbclient can block for ever on a cell that opens widget comms
+# (jupyter/nbclient#312), so the widget helpers below only say what they skipped; the static cell beside each
+# widget shows the same call.
+HEADLESS_ENV = "DLCORE_HEADLESS"
+
+
+def headless() -> bool:
+    """True inside `python -m dlcore figures` and the notebook tests, False in JupyterLab."""
+    return os.environ.get(HEADLESS_ENV) == "1"
+
+
+def interact(fn, **controls):
+    """`ipywidgets.interact(fn, **controls)` in JupyterLab; in a headless run, a note instead of the widget."""
+    if headless():
+        print(f"(interactive {getattr(fn, '__name__', 'widget')}: shown in JupyterLab; the static cell beside it "
+              "makes the same call)")
+        return None
+    import ipywidgets
+
+    return ipywidgets.interact(fn, **controls)
+
+
+def show_widget(make):
+    """Display the widget that `make()` builds, in JupyterLab only (see `interact`)."""
+    if headless():
+        print(f"(widget {getattr(make, '__name__', '')}: shown in JupyterLab; the static cell beside it makes the same call)")
+        return None
+    from IPython.display import display
+
+    widget = make()
+    display(widget)
+    return widget

@@ -56,7 +56,7 @@ def test_declares_figures(path):
 def test_runs_in_smoke_mode(path, tmp_path):
     fig_dir = tmp_path / "figures"
     try:
-        result = run_notebook(path, tmp_path / "executed", fig_dir, smoke=True, device="cpu")
+        result = run_notebook(path, tmp_path / "executed", fig_dir, smoke=True, device="cpu", timeout=600)
     except NotebookFailed as e:
         pytest.fail(str(e), pytrace=False)
     missing = sorted(set(declared_figures(path)) - set(result.figures))

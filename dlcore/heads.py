@@ -1,0 +1,201 @@
+"""The heads on top of the trunks: FCN's score and skip layers, DeepLab v1's fc6/fc7/fc8 and MSc, v2's ASPP.
+
+Every head keeps the papers' layer names (fc6, fc7, fc8, score_fr, score_pool4, upscore2, ...), declares its
+10x-learning-rate class-score layers in `classifier_parameters()` and, where VGG-16's ImageNet classifier
+initialises it, its fc6/fc7 in `imagenet_fc_layers()` (read by `dlcore.backbones.load_torchvision_weights`).
+`width` scales the hidden channels (4096, 1024, 128); the number of classes never scales.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dlcore.backbones import bilinear_kernel, scaled
+
+__all__ = ["FCNHead", "bilinear_upsampler", "DeepLabV1Head", "msc_mlp", "ASPP", "vgg_branch", "resnet_branch"]
+
+
+def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _classifier(conv: nn.Conv2d, std: float = 0.01) -> nn.Conv2d:
+    """DeepLab's class-score layers start from a Gaussian of std 0.01 and zero bias (the Caffe prototxts)."""
+    nn.init.normal_(conv.weight, 0.0, std)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _zero(conv: nn.Conv2d) -> nn.Conv2d:
+    """FCN Sec. 4.2/4.3: score layers start at zero, so a new skip leaves the net's predictions unmodified."""
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+# ------------------------------------------------------------------------------------------------------ FCN
+
+def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """FCN Sec. 3.3: in-network upsampling, a transposed convolution of stride f initialised to bilinear.
+
+    Kernel 2f with the tent `1 - |x - (f - 0.5)| / f`, one per class (groups = classes: a class's scores are
+    interpolated from that class's scores only, the diagonal of FCN's `upsample_filt` matrix; 134M parameters
+    for FCN-32s as in FCN Table 1). Padding f/2 aligns the grids: input cell i, centred at f*i + (f-1)/2 on the
+    output, is where the tent peaks, so n cells become exactly n*f outputs, no crop needed.
+    """
+    up = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, padding=factor // 2, groups=channels,
+                            bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_kernel(factor).expand_as(up.weight))
+    return up
+
+
+class FCNHead(nn.Module):
+    """fc6 (7x7, 4096) and fc7 (1x1, 4096) convolutionalized (FCN Sec. 3.1), the class scores `score_fr`, and
+    the skip architecture (Sec. 4.2, Fig. 3): `skips` = 0 (FCN-32s), 1 (FCN-16s: + pool4), 2 (FCN-8s: + pool3).
+
+    Input: pool5 and the list of pool outputs, from an input whose sides are a multiple of 32 (the model pads),
+    so that every map is exactly twice the next coarser one and each 2x upsampling lands on the skip's grid.
+    Output: class scores at the (padded) input size. fc6 is padded by 3 so the score map has one cell per
+    32 x 32 input block (the paper pads conv1_1 by 100 and crops instead; see `dlcore.models.FCN`).
+    """
+
+    def __init__(self, in_channels: int, pool_channels: list[int], num_classes: int, width: float = 1.0,
+                 skips: int = 0):
+        super().__init__()
+        if skips not in (0, 1, 2):
+            raise ValueError(f"skips must be 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s), got {skips!r}")
+        hidden = scaled(4096, width)
+        self.skips = skips
+        self.fc6 = _kaiming(nn.Conv2d(in_channels, hidden, 7, padding=3))
+        self.fc7 = _kaiming(nn.Conv2d(hidden, hidden, 1))
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(0.5)
+        self.score_fr = _zero(nn.Conv2d(hidden, num_classes, 1))
+        if skips == 0:
+            self.upscore = bilinear_upsampler(num_classes, 32)
+            return
+        self.upscore2 = bilinear_upsampler(num_classes, 2)
+        self.score_pool4 = _zero(nn.Conv2d(pool_channels[3], num_classes, 1))
+        if skips == 1:
+            self.upscore16 = bilinear_upsampler(num_classes, 16)
+            return
+        self.score_pool3 = _zero(nn.Conv2d(pool_channels[2], num_classes, 1))
+        self.upscore_pool4 = bilinear_upsampler(num_classes, 2)
+        self.upscore8 = bilinear_upsampler(num_classes, 8)
+
+    def forward(self, pool5: torch.Tensor, pools: list[torch.Tensor]) -> torch.Tensor:
+        x = self.drop(self.relu(self.fc6(pool5)))
+        x = self.drop(self.relu(self.fc7(x)))
+        scores = self.score_fr(x)
+        if self.skips == 0:
+            return self.upscore(scores)
+        scores = self.upscore2(scores) + self.score_pool4(pools[3])  # fuse by sum (Sec. 4.2)
+        if self.skips == 1:
+            return self.upscore16(scores)
+        scores = self.upscore_pool4(scores) + self.score_pool3(pools[2])
+        return self.upscore8(scores)
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.startswith("score_")]
+
+    def imagenet_fc_layers(self) -> list[tuple[str, nn.Conv2d]]:
+        return [("fc6", self.fc6), ("fc7", self.fc7)]
+
+
+# -------------------------------------------------------------------------------------------- DeepLab v1
+
+def msc_mlp(in_channels: int, stride: int, width: float = 1.0) -> nn.Sequential:
+    """DeepLab v1 Sec. 3.2 (MSc): 128 3x3 filters then 128 1x1, ReLU and dropout after each.
+
+    The 3x3 conv's stride brings its input to the stride-8 grid of fc7 (the Caffe MSc model's strided first
+    layer): 8 on the image, 4 on pool1, 2 on pool2, 1 on pool3 and pool4 (3x3, padding 1: ceil(n / stride)
+    cells, the same count as the trunk's 3x3 pad-1 pools give).
+    """
+    c = scaled(128, width)
+    return nn.Sequential(_kaiming(nn.Conv2d(in_channels, c, 3, stride=stride, padding=1)), nn.ReLU(inplace=True),
+                         nn.Dropout(0.5), _kaiming(nn.Conv2d(c, c, 1)), nn.ReLU(inplace=True), nn.Dropout(0.5))
+
+
+class DeepLabV1Head(nn.Module):
+    """fc6 (k x k at rate r, atrous), fc7 (1x1), fc8 (1x1 to the classes), per DeepLab v1 Table 2:
+    7x7 r4 4096; 4x4 r4 4096; 4x4 r8 4096; 3x3 r12 1024 (LargeFOV). ReLU and dropout 0.5 after fc6 and fc7.
+
+    `msc=True` (Sec. 3.2, "multi-scale prediction"): `msc_mlp`s on the image and pool1..pool4 (640 channels
+    at width 1) concatenated with fc7's output into fc8, as the paper concatenates them "to the main
+    network's last layer feature map" (a 1x1 fc8 on the concatenation = the sum of one per part).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, kernel: int, rate: int, channels: int,
+                 width: float = 1.0, msc_inputs: list[int] | None = None):
+        super().__init__()
+        hidden = scaled(channels, width)
+        # (k-1)*r total padding keeps the map size, split evenly (even kernels too: (k-1)*r is even here)
+        self.fc6 = _kaiming(nn.Conv2d(in_channels, hidden, kernel, padding=(kernel - 1) * rate // 2, dilation=rate))
+        self.fc7 = _kaiming(nn.Conv2d(hidden, hidden, 1))
+        self.relu = nn.ReLU(inplace=True)
+        self.drop = nn.Dropout(0.5)
+        self.msc = None
+        if msc_inputs is not None:
+            strides = (8, 4, 2, 1, 1)  # image, pool1, pool2, pool3, pool4 -> stride 8
+            self.msc = nn.ModuleList(msc_mlp(c, s, width) for c, s in zip(msc_inputs, strides))
+        extra = 0 if self.msc is None else sum(m[3].out_channels for m in self.msc)
+        self.fc8 = _classifier(nn.Conv2d(hidden + extra, num_classes, 1))
+
+    def forward(self, x: torch.Tensor, msc_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = self.drop(self.relu(self.fc6(x)))
+        x = self.drop(self.relu(self.fc7(x)))
+        if self.msc is not None:
+            x = torch.cat([x] + [mlp(f) for mlp, f in zip(self.msc, msc_inputs)], dim=1)
+        return self.fc8(x)
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.fc8.parameters())
+
+    def imagenet_fc_layers(self) -> list[tuple[str, nn.Conv2d]]:
+        return [("fc6", self.fc6), ("fc7", self.fc7)]
+
+
+# ------------------------------------------------------------------------------------------- DeepLab v2
+
+def vgg_branch(in_channels: int, num_classes: int, rate: int, width: float = 1.0) -> nn.Sequential:
+    """DeepLab v2 Fig. 7: one ASPP branch on VGG-16: fc6 (3x3, rate r, 1024) -> fc7 (1x1, 1024) -> fc8."""
+    c = scaled(1024, width)
+    return nn.Sequential(_kaiming(nn.Conv2d(in_channels, c, 3, padding=rate, dilation=rate)), nn.ReLU(inplace=True),
+                         nn.Dropout(0.5), _kaiming(nn.Conv2d(c, c, 1)), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         _classifier(nn.Conv2d(c, num_classes, 1)))
+
+
+def resnet_branch(in_channels: int, num_classes: int, rate: int) -> nn.Sequential:
+    """DeepLab v2 on ResNet-101: each ASPP branch is one 3x3 atrous conv straight to the classes."""
+    return nn.Sequential(_classifier(nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate)))
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling as in DeepLab v2 (Sec. 3.2, Fig. 4): parallel branches at rates r_k on
+    the same feature map, each predicting class scores, fused by **sum** (not v3's concatenation).
+    ASPP-S: rates (2, 4, 8, 12); ASPP-L: (6, 12, 18, 24); LargeFOV: the one branch at rate 12."""
+
+    def __init__(self, branches: list[nn.Sequential]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        return tuple(b[0].dilation[0] for b in self.branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out + branch(x)
+        return out
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return [p for b in self.branches for p in b[-1].parameters()]  # fc8 (VGG) / the one conv (ResNet)
+
+    def imagenet_fc_layers(self) -> list[tuple[str, nn.Conv2d]]:
+        # VGG branches start from VGG-16's subsampled fc6/fc7 (as LargeFOV); ResNet branches have none.
+        return [pair for b in self.branches if len(b) > 1 for pair in (("fc6", b[0]), ("fc7", b[3]))]
