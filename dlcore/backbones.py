@@ -85,14 +85,21 @@ class VGG16(nn.Module):
     stride 1; conv5_1..conv5_3 at dilation 2 (padding 2 keeps the map size). The same surgery, step by step, is
     notebook 03's first section. `forward(x, return_pools=True)` also returns the outputs of pool1..pool5
     (FCN's skips and DeepLab v1's MSc read them).
+
+    `batch_norm=True` uses torchvision's `vgg16_bn` definition (batch norm after every conv). The papers start
+    from ImageNet weights; a plain 16-layer VGG trained from scratch on a CPU barely leaves the background class
+    in the few hundred steps a notebook has, while the batch-norm variant learns, so the teaching runs use it.
     """
 
-    def __init__(self, width: float = 1.0, *, dense: bool = False):
+    def __init__(self, width: float = 1.0, *, dense: bool = False, batch_norm: bool = False):
         super().__init__()
         import torchvision
 
+        if not isinstance(batch_norm, bool):
+            raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
+        definition = torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16
         with torch.device("meta"):  # the definition only: the 100M-parameter classifier is never allocated
-            features = torchvision.models.vgg16(weights=None).features
+            features = definition(weights=None).features
         _rebuild(features, width, _init_like_torchvision)
         self.pool_indices = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
         if dense:
@@ -103,6 +110,7 @@ class VGG16(nn.Module):
                     m.dilation, m.padding = (2, 2), (2, 2)
         self.features = features
         self.width = width
+        self.batch_norm = batch_norm
         self.output_stride = 8 if dense else 32
         self.out_channels = scaled(512, width)
         self.pool_channels = [scaled(c, width) for c in (64, 128, 256, 512, 512)]
@@ -278,4 +286,8 @@ def imagenet_weights(trunk: nn.Module):
     """The torchvision enum `weights="imagenet"` stands for (IMAGENET1K_V1, as the papers used ImageNet-1k)."""
     from torchvision.models import ResNet101_Weights, VGG16_Weights
 
-    return VGG16_Weights.IMAGENET1K_V1 if isinstance(trunk, VGG16) else ResNet101_Weights.IMAGENET1K_V1
+    from torchvision.models import VGG16_BN_Weights
+
+    if isinstance(trunk, VGG16):
+        return VGG16_BN_Weights.IMAGENET1K_V1 if trunk.batch_norm else VGG16_Weights.IMAGENET1K_V1
+    return ResNet101_Weights.IMAGENET1K_V1

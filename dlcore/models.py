@@ -42,9 +42,9 @@ class FCN(nn.Module):
     score on the centre of its cell, and the output is cropped back to [0:H, 0:W]. Same geometry, no offsets.
     """
 
-    def __init__(self, num_classes: int, width: float, skips: int):
+    def __init__(self, num_classes: int, width: float, skips: int, batch_norm: bool = False):
         super().__init__()
-        self.backbone = VGG16(width)
+        self.backbone = VGG16(width, batch_norm=batch_norm)
         self.head = FCNHead(self.backbone.out_channels, self.backbone.pool_channels, num_classes, width, skips)
         self.output_stride = 32 // 2 ** skips
 
@@ -126,33 +126,39 @@ def _check_scales(scales) -> tuple[float, ...]:
 
 # ------------------------------------------------------------------------------------------------ builders
 
+def _vgg_options(options: dict, allowed: set = frozenset()) -> dict:
+    """The VGG-16 models' one architecture option: batch_norm (torchvision's vgg16_bn; see `VGG16`)."""
+    _only(options, {"batch_norm"} | allowed)
+    return {"batch_norm": options.get("batch_norm", False)}
+
+
 def _fcn(rest: str, num_classes: int, width: float, options: dict) -> tuple[nn.Module, dict]:
-    _only(options, set())
-    return FCN(num_classes, width, {"32s": 0, "16s": 1, "8s": 2}[rest]), {}
+    kept = _vgg_options(options)
+    return FCN(num_classes, width, {"32s": 0, "16s": 1, "8s": 2}[rest], **kept), kept
 
 
 def _deeplab_v1(rest: str, num_classes: int, width: float, options: dict) -> tuple[nn.Module, dict]:
-    _only(options, set())
+    kept = _vgg_options(options)
     msc = rest.endswith("-msc")
     kernel, rate, channels = V1_FC6[rest.removesuffix("-msc")]
-    backbone = VGG16(width, dense=True)
+    backbone = VGG16(width, dense=True, **kept)
     msc_inputs = [3, *backbone.pool_channels[:4]] if msc else None
     head = DeepLabV1Head(backbone.out_channels, num_classes, kernel=kernel, rate=rate, channels=channels,
                          width=width, msc_inputs=msc_inputs)
-    return DeepLab(backbone, head, msc_features=msc), {}
+    return DeepLab(backbone, head, msc_features=msc), kept
 
 
 def _deeplab_v2(rest: str, num_classes: int, width: float, options: dict) -> tuple[nn.Module, dict]:
     msc = rest.endswith("-msc")
     trunk, head_name = rest.removesuffix("-msc").split("-", 1)
-    allowed = {"output_stride", "freeze_bn"} if trunk == "resnet101" else set()
-    _only(options, allowed | ({"scales"} if msc else set()))
+    scales = {"scales"} if msc else set()
     rates = V2_RATES[head_name]
     if trunk == "vgg":
-        backbone = VGG16(width, dense=True)
+        kept = _vgg_options(options, scales)
+        backbone = VGG16(width, dense=True, **kept)
         head = ASPP([vgg_branch(backbone.out_channels, num_classes, r, width) for r in rates])
-        kept = {}
     else:
+        _only(options, {"output_stride", "freeze_bn"} | scales)
         kept = {"output_stride": options.get("output_stride", 8), "freeze_bn": options.get("freeze_bn", False)}
         if kept["output_stride"] not in (8, 16) or isinstance(kept["output_stride"], bool):
             raise ValueError(f"output_stride must be 8 or 16 (DeepLab v2 ResNet-101), got {kept['output_stride']!r}")
@@ -170,8 +176,8 @@ def _only(options: dict, allowed: set) -> None:
     bad = sorted(set(options) - allowed)
     if bad:
         raise ValueError(f"option(s) {bad} do not apply to this model; it accepts "
-                         f"{sorted(allowed | {'weights'}) or ['weights']} (output_stride and freeze_bn: ResNet-101 "
-                         f"models only; scales: DeepLab-v2 -msc models only)")
+                         f"{sorted(allowed | {'weights'})} (batch_norm: VGG-16 models only; output_stride and "
+                         f"freeze_bn: ResNet-101 models only; scales: DeepLab-v2 -msc models only)")
 
 
 def _names() -> dict[str, tuple]:
@@ -199,6 +205,7 @@ def build_model(name: str, num_classes: int = 21, width: float = 1.0, **options)
 
     num_classes: class-score channels (21 for PASCAL VOC, background included). width: multiplies every hidden
     channel count (1.0 = the papers'; 0.0625-0.25 for CPU teaching runs). Options, keyword-only:
+    `batch_norm=True|False` (VGG-16 models: torchvision's vgg16_bn trunk; default False, the papers' VGG-16),
     `output_stride=8|16` and `freeze_bn=True|False` (ResNet-101 models; defaults 8, False),
     `scales=(0.5, 0.75, 1.0)` (DeepLab-v2 `-msc` models), `weights=None|"imagenet"|path|torchvision enum`
     (ImageNet init of the trunk and VGG's fc6/fc7, width 1.0 only; "imagenet" downloads through torchvision).

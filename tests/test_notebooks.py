@@ -35,7 +35,7 @@ def test_parameters_cell_holds_literals_only(path):
     cells = _parameters_cells(path)
     assert len(cells) == 1, f"{path.name}: needs exactly one cell tagged 'parameters', found {len(cells)}"
     code = [c for c in _cells(path) if c["cell_type"] == "code"]
-    assert code[0] is cells[0], f"{path.name}: the parameters cell must be the first code cell"
+    assert code[0] == cells[0], f"{path.name}: the parameters cell must be the first code cell"
     tree = ast.parse("".join(cells[0]["source"]))
     names = set()
     for stmt in tree.body:

@@ -1,0 +1,181 @@
+"""`python -m dlcore download voc --root DIR [--sbd]`: fetch PASCAL VOC 2012 (and SBD's trainaug labels).
+
+Needs internet; nothing in the tests or in any default path calls it. Every archive is downloaded to a
+`.part` file, checked against its published checksum, renamed, and unpacked with `safe_extract`, which
+refuses members that would land outside DIR (absolute paths, `..`), links pointing outside it, and device
+or FIFO files, so a tampered archive cannot write anywhere else on the machine.
+
+Result: DIR/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation, ...} and, with --sbd,
+DIR/VOCdevkit/VOC2012/SegmentationClassAug/*.png (10,582 trainaug labels + the VOC val ones, as the
+DeepLab authors distribute them); `VOCSegmentation(DIR, "trainaug")` then derives the trainaug id list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+
+@dataclass(frozen=True)
+class Archive:
+    name: str
+    url: str
+    filename: str
+    md5: str | None  # the published checksum; None where the host publishes none (then sha256 is printed)
+    dest: str  # folder under --root it unpacks into
+
+
+VOC2012 = Archive("PASCAL VOC 2012 trainval (~2 GB)",
+                  "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                  "VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd", ".")
+# SBD (Hariharan et al. 2011) converted to VOC-style PNGs by the DeepLab authors; the host publishes no checksum.
+SBD_AUG = Archive("SBD SegmentationClassAug labels (~30 MB)",
+                  "https://www.dropbox.com/s/oeu149j8qtbs1x0/SegmentationClassAug.zip?dl=1",
+                  "SegmentationClassAug.zip", None, "VOCdevkit/VOC2012")
+ARCHIVES = {"voc": VOC2012, "sbd": SBD_AUG}
+
+
+def file_digest(path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(path, md5: str | None = None, sha256: str | None = None) -> None:
+    """Raise ValueError when `path` does not match the given checksum(s)."""
+    for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+        if expected is not None:
+            got = file_digest(path, algorithm)
+            if got.lower() != expected.lower():
+                raise ValueError(f"{path}: {algorithm} {got} does not match the published {expected}; the download "
+                                 "is corrupt or was tampered with. Delete it and run the download again.")
+
+
+def fetch(url: str, path, *, md5: str | None = None, sha256: str | None = None, progress=True) -> Path:
+    """Download `url` to `path` through `path.part` (renamed only once complete and verified)."""
+    path = Path(path)
+    if path.exists():
+        verify(path, md5, sha256)
+        return path
+    part = path.with_name(path.name + ".part")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url) as response, open(part, "wb") as out:  # noqa: S310 (fixed https/http urls)
+        total = int(response.headers.get("Content-Length") or 0)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=path.name)
+        while block := response.read(1 << 20):
+            out.write(block)
+            if bar is not None:
+                bar.update(len(block))
+        if bar is not None:
+            bar.close()
+    verify(part, md5, sha256)
+    os.replace(part, path)
+    return path
+
+
+def _inside(dest: Path, name: str) -> bool:
+    target = (dest / name).resolve()
+    return target == dest or dest in target.parents
+
+
+def _check_name(dest: Path, name: str, archive) -> None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ValueError(f"{archive}: refusing absolute member path {name!r}")
+    if ".." in p.parts:
+        raise ValueError(f"{archive}: refusing member {name!r}: '..' would leave the destination")
+    if not _inside(dest, name):
+        raise ValueError(f"{archive}: refusing member {name!r}: it resolves outside {dest}")
+
+
+def safe_extract(archive, dest) -> list[str]:
+    """Unpack a tar (any compression) or zip into `dest`; returns the member names.
+
+    Everything is checked before anything is written: a member with an absolute path or `..`, a symlink or
+    hardlink whose target lies outside `dest`, or a device / FIFO raises ValueError and nothing is extracted.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    dest = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            infos = z.infolist()
+            for info in infos:
+                _check_name(dest, info.filename, archive)
+                mode = info.external_attr >> 16
+                if mode and (mode & 0o170000) not in (0, 0o100000, 0o040000):  # only files and folders
+                    raise ValueError(f"{archive}: refusing member {info.filename!r}: not a plain file or folder")
+            z.extractall(dest)
+            return [i.filename for i in infos]
+    if not tarfile.is_tarfile(archive):
+        raise ValueError(f"{archive} is neither a tar nor a zip archive; delete it and download it again")
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        for m in members:
+            _check_name(dest, m.name, archive)
+            if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+                raise ValueError(f"{archive}: refusing device/FIFO member {m.name!r}")
+            if m.issym():
+                link = (Path(m.name).parent / m.linkname).as_posix()
+                if PurePosixPath(m.linkname).is_absolute() or not _inside(dest, link):
+                    raise ValueError(f"{archive}: refusing symlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
+            if m.islnk():
+                if PurePosixPath(m.linkname).is_absolute() or ".." in PurePosixPath(m.linkname).parts \
+                        or not _inside(dest, m.linkname):
+                    raise ValueError(f"{archive}: refusing hardlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
+            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                raise ValueError(f"{archive}: refusing member {m.name!r} of unsupported type")
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # belt and braces on new Pythons
+        tar.extractall(dest, members=members, **kwargs)
+        return [m.name for m in members]
+
+
+def download_voc(root, *, sbd: bool = False, keep: bool = False, progress: bool = True) -> Path:
+    """Fetch, verify and unpack VOC 2012 (and the SBD trainaug labels) under `root`; returns the VOC2012 folder."""
+    root = Path(root).expanduser()
+    for archive in [VOC2012] + ([SBD_AUG] if sbd else []):
+        path = fetch(archive.url, root / archive.filename, md5=archive.md5, progress=progress)
+        if archive.md5 is None:
+            print(f"{archive.filename}: no published checksum; sha256 {file_digest(path, 'sha256')}")
+        safe_extract(path, root / archive.dest)
+        if not keep:
+            path.unlink()
+    voc = root / "VOCdevkit" / "VOC2012"
+    macosx = voc / "__MACOSX"  # the SBD zip carries macOS resource forks
+    if macosx.is_dir():
+        shutil.rmtree(macosx)
+    return voc
+
+
+def add_download_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    voc = sub.add_parser("voc", help="PASCAL VOC 2012 trainval (+ SBD trainaug labels with --sbd)",
+                         description=__doc__.split("\n\n")[1])
+    voc.add_argument("--root", required=True, help="folder to download into; VOCdevkit/VOC2012 is created inside")
+    voc.add_argument("--sbd", action="store_true", help="also fetch SegmentationClassAug (SBD, for split trainaug)")
+    voc.add_argument("--keep", action="store_true", help="keep the downloaded archives after unpacking")
+    voc.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_download(args) -> int:
+    try:
+        voc = download_voc(args.root, sbd=args.sbd, keep=args.keep, progress=not args.no_progress)
+    except (OSError, ValueError) as exc:  # network errors are OSErrors (URLError)
+        print(f"download failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"PASCAL VOC 2012 is in {voc}; use VOCSegmentation({str(args.root)!r}, split='train'|'val'"
+          + ("|'trainaug'" if args.sbd else "") + ")")
+    return 0

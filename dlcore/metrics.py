@@ -1,0 +1,151 @@
+"""Segmentation scores as the papers report them.
+
+FCN (Long et al., CVPR 2015, Sec. 5 "Metrics") defines, from n_ij = the number of pixels of class i
+predicted to belong to class j, t_i = sum_j n_ij and n_cl classes:
+
+    pixel accuracy           sum_i n_ii / sum_i t_i
+    mean accuracy            (1/n_cl) sum_i n_ii / t_i
+    mean IU                  (1/n_cl) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
+    frequency weighted IU    (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
+
+with the PASCAL VOC conventions: pixels labelled 255 (the void band) are ignored, and a class absent
+from both the prediction and the ground truth has no IoU (NaN) and is left out of the means (mean
+accuracy averages the classes present in the ground truth). The DeepLab trimap experiment (v1 Sec. 5,
+v2 Sec. 4.1, Fig. 5 / 14) scores only the pixels within a narrow band around object boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _flat(x, what: str):
+    if isinstance(x, torch.Tensor):
+        return x.detach().reshape(-1).long()
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer class indices, got dtype {x.dtype}; take argmax of scores first")
+    return torch.from_numpy(x.reshape(-1).astype(np.int64))
+
+
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """n_ij counts: int64 [C,C], rows = ground truth class i, columns = predicted class j.
+
+    `pred` and `target` are label maps of one shape ([H,W], [N,H,W], ...), numpy or torch (any device).
+    Pixels whose target is `ignore_index` are skipped; any other label outside 0..C-1 raises ValueError.
+    """
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    C = int(num_classes)
+    if tuple(np.shape(pred)) != tuple(np.shape(target)):
+        raise ValueError(f"pred {tuple(np.shape(pred))} and target {tuple(np.shape(target))} must have the same shape")
+    p, t = _flat(pred, "pred"), _flat(target, "target")
+    p = p.to(t.device)
+    keep = t != ignore_index
+    p, t = p[keep], t[keep]
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
+        raise ValueError(f"target labels must be 0..{C - 1} or {ignore_index} (void), got range "
+                         f"{int(t.min())}..{int(t.max())}; is num_classes={C} right?")
+    if p.numel() and (int(p.min()) < 0 or int(p.max()) >= C):
+        raise ValueError(f"predicted labels must be 0..{C - 1}, got range {int(p.min())}..{int(p.max())}")
+    counts = torch.bincount(t * C + p, minlength=C * C)
+    return counts.reshape(C, C).cpu().numpy().astype(np.int64)
+
+
+def scores_from_confusion(cm) -> dict:
+    """FCN Sec. 5's four scores (floats in [0,1]) and per-class `iou` (np.ndarray [C], NaN for absent classes)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"a confusion matrix is square [C,C], got shape {cm.shape}")
+    total = cm.sum()
+    if total == 0:
+        raise ValueError("the confusion matrix is empty: every target pixel was void (255) or nothing was scored")
+    n_ii = np.diag(cm)
+    t_i = cm.sum(axis=1)  # ground-truth pixels of class i
+    p_i = cm.sum(axis=0)  # pixels predicted as class i
+    union = t_i + p_i - n_ii
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, n_ii / union, np.nan)  # absent from both: no IoU, not 0 and not 1
+        acc = np.where(t_i > 0, n_ii / t_i, np.nan)  # accuracy of a class needs ground-truth pixels
+    freq = t_i / total
+    present = t_i > 0
+    return {
+        "pixel_acc": float(n_ii.sum() / total),
+        "mean_acc": float(np.nanmean(acc)),
+        "miou": float(np.nanmean(iou)),
+        # classes with t_i = 0 weigh 0; their IoU may be 0 (false positives) or NaN, so sum over present only
+        "fwiou": float((freq[present] * iou[present]).sum()),
+        "iou": iou,
+    }
+
+
+def scores(pred, target, num_classes: int, ignore_index: int = 255) -> dict:
+    """pixel_acc, mean_acc, miou, fwiou and per-class iou of `pred` vs `target` (one image or a batch)."""
+    return scores_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
+
+
+class ConfusionMatrix:
+    """Accumulates n_ij over a dataset (the VOC protocol scores the summed matrix, not a mean over images)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred, target) -> "ConfusionMatrix":
+        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        return self
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def scores(self) -> dict:
+        return scores_from_confusion(self.matrix)
+
+    def __repr__(self):
+        return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.matrix.sum())})"
+
+
+def boundary_band(target, band: int, ignore_index: int = 255) -> np.ndarray:
+    """bool mask of the pixels within `band` px of a class boundary or of the void band (the trimap).
+
+    Seeds are the void pixels and the labelled pixels whose 4-neighbour has another (non-void) label; the band is their
+    dilation by a (2*band+1)^2 square (chessboard distance <= band). `target` is [H,W] or [N,H,W]; images
+    of a batch do not bleed into each other. The void pixels themselves are in the mask: scoring ignores them.
+    """
+    if int(band) < 0:
+        raise ValueError(f"band must be >= 0 pixels, got {band}")
+    t = torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target)).long()
+    if t.ndim not in (2, 3):
+        raise ValueError(f"target must be [H,W] or [N,H,W], got shape {tuple(t.shape)}")
+    batched = t.ndim == 3
+    t = t if batched else t[None]
+    seeds = t == ignore_index
+    labelled = ~seeds
+    # a class edge between two labelled pixels seeds both; next to void, the void pixels are the seeds
+    dx = (t[:, :, 1:] != t[:, :, :-1]) & labelled[:, :, 1:] & labelled[:, :, :-1]
+    dy = (t[:, 1:, :] != t[:, :-1, :]) & labelled[:, 1:, :] & labelled[:, :-1, :]
+    seeds[:, :, 1:] |= dx
+    seeds[:, :, :-1] |= dx
+    seeds[:, 1:, :] |= dy
+    seeds[:, :-1, :] |= dy
+    b = int(band)
+    if b:
+        seeds = F.max_pool2d(seeds[:, None].float(), 2 * b + 1, stride=1, padding=b)[:, 0] > 0
+    out = seeds.numpy()
+    return out if batched else out[0]
+
+
+def trimap_miou(pred, target, num_classes: int, band: int, ignore_index: int = 255) -> float:
+    """Mean IoU over the pixels within `band` px of a boundary (DeepLab's trimap experiment); [H,W] or [N,H,W]."""
+    t = target.detach().cpu().numpy() if isinstance(target, torch.Tensor) else np.asarray(target)
+    p = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+    if p.shape != t.shape:
+        raise ValueError(f"pred {p.shape} and target {t.shape} must have the same shape")
+    inside = boundary_band(t, band, ignore_index)
+    banded = np.where(inside, t, ignore_index)  # pixels off the band become void: not scored
+    return scores(p, banded, num_classes, ignore_index)["miou"]

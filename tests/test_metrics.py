@@ -1,0 +1,127 @@
+"""dlcore.metrics on hand-worked cases (FCN Sec. 5 definitions, VOC conventions, DeepLab's trimap)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dlcore import metrics
+
+# The 2 x 3 worked example. Ground truth (255 = void) and prediction:
+#     target  0   1   1        pred  0 0 1
+#             1   1 255              1 1 1
+# Rows = ground truth: class 0 has 1 pixel (predicted 0); class 1 has 4 (one predicted 0, three predicted 1);
+# the void pixel is not counted; class 2 appears nowhere.
+PRED = np.array([[0, 0, 1], [1, 1, 1]])
+TARGET = np.array([[0, 1, 1], [1, 1, 255]])
+CM = np.array([[1, 0, 0], [1, 3, 0], [0, 0, 0]])
+
+
+def test_confusion_matrix_by_hand():
+    cm = metrics.confusion_matrix(PRED, TARGET, 3)
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm, CM)
+
+
+def test_scores_by_hand():
+    s = metrics.scores(PRED, TARGET, 3)
+    assert s["pixel_acc"] == pytest.approx(4 / 5)  # n_ii summed over the 5 non-void pixels
+    assert s["mean_acc"] == pytest.approx((1 / 1 + 3 / 4) / 2)  # class 2 has no ground truth: left out
+    # IoU_0 = 1 / (1 + 2 - 1), IoU_1 = 3 / (4 + 3 - 3); class 2 absent from both -> NaN, not in the mean
+    np.testing.assert_allclose(s["iou"][:2], [0.5, 0.75])
+    assert math.isnan(s["iou"][2])
+    assert s["miou"] == pytest.approx(0.625)
+    assert s["fwiou"] == pytest.approx(1 / 5 * 0.5 + 4 / 5 * 0.75)
+    for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
+        assert isinstance(s[key], float) and 0 <= s[key] <= 1
+
+
+def test_class_only_predicted_counts_as_zero_iou():
+    pred = PRED.copy()
+    pred[0, 2] = 2  # a false positive of class 2: it now has a union, IoU 0, and counts in the mean
+    s = metrics.scores(pred, TARGET, 3)
+    assert s["iou"][2] == 0
+    assert s["iou"][1] == pytest.approx(2 / (4 + 2 - 2))
+    assert s["miou"] == pytest.approx((0.5 + 0.5 + 0) / 3)
+    assert s["mean_acc"] == pytest.approx((1 + 2 / 4) / 2)  # still only classes with ground truth
+
+
+def test_void_ignored_whatever_is_predicted():
+    a = metrics.scores(PRED, TARGET, 3)
+    pred = PRED.copy()
+    pred[1, 2] = 2  # under the void pixel
+    b = metrics.scores(pred, TARGET, 3)
+    assert a["miou"] == b["miou"] and math.isnan(b["iou"][2])
+
+
+def test_torch_and_numpy_agree_and_batches_accumulate():
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 4, (3, 10, 12))
+    target = rng.integers(0, 4, (3, 10, 12))
+    target[:, :2] = 255
+    cm = metrics.ConfusionMatrix(4)
+    for p, t in zip(pred, target):
+        cm.update(torch.from_numpy(p), torch.from_numpy(t))
+    np.testing.assert_array_equal(cm.matrix, metrics.confusion_matrix(pred, target, 4))
+    whole = metrics.scores(pred, target, 4)
+    assert cm.scores()["miou"] == pytest.approx(whole["miou"])
+    # the dataset score is that of the summed matrix, not the mean of per-image scores
+    per_image = np.mean([metrics.scores(p, t, 4)["miou"] for p, t in zip(pred, target)])
+    assert cm.scores()["miou"] != pytest.approx(per_image, abs=1e-12)
+    cm.reset()
+    assert cm.matrix.sum() == 0
+
+
+def test_scores_from_confusion_matches():
+    s = metrics.scores_from_confusion(CM)
+    assert s["miou"] == pytest.approx(0.625)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.confusion_matrix(PRED, TARGET[:, :2], 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        metrics.confusion_matrix(PRED, TARGET, 1)  # label 1 in the target does not fit
+    with pytest.raises(ValueError, match="predicted labels"):
+        metrics.confusion_matrix(PRED + 5, TARGET, 3)
+    with pytest.raises(ValueError, match="integer"):
+        metrics.confusion_matrix(PRED.astype(float), TARGET, 3)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.scores(PRED, np.full_like(TARGET, 255), 3)
+
+
+# A 3 x 3 square of class 1 in a 9 x 9 background.
+SQUARE = np.zeros((9, 9), np.int64)
+SQUARE[3:6, 3:6] = 1
+
+
+def test_boundary_band_on_a_square():
+    b0 = metrics.boundary_band(SQUARE, 0)
+    # band 0: the square's 8 rim pixels and the 12 background pixels 4-adjacent to it; not the centre
+    assert b0.sum() == 8 + 12 and not b0[4, 4] and b0[3, 3] and b0[2, 4] and not b0[2, 2]
+    b1 = metrics.boundary_band(SQUARE, 1)
+    # band 1: rows/cols 1..7 (49 pixels) minus the 4 corners, which are 2 px (chessboard) from any seed
+    assert b1.sum() == 49 - 4 and b1[2, 2] and not b1[1, 1] and not b1[0, 4]
+    assert metrics.boundary_band(SQUARE, 10).all()
+    # batched: a blank image next to the square gets no band
+    batch = metrics.boundary_band(np.stack([SQUARE, np.zeros_like(SQUARE)]), 1)
+    assert batch.shape == (2, 9, 9) and batch[0].sum() == 45 and not batch[1].any()
+
+
+def test_boundary_band_seeds_on_void():
+    t = np.zeros((7, 7), np.int64)
+    t[:, 3] = 255  # a void line, as VOC draws around objects, with the same class on both sides
+    b = metrics.boundary_band(t, 1)
+    assert b[:, 2:5].all() and not b[:, :2].any() and not b[:, 5:].any()
+
+
+def test_trimap_miou_on_a_square():
+    pred = np.zeros_like(SQUARE)
+    # band 0 scores 12 background pixels (right) and 8 square pixels (all wrong): IoU_0 = 12/20, IoU_1 = 0
+    assert metrics.trimap_miou(pred, SQUARE, 2, 0) == pytest.approx(0.3)
+    # the whole image: IoU_0 = 72/81, IoU_1 = 0 -> a wide band converges to the full score
+    assert metrics.trimap_miou(pred, SQUARE, 2, 20) == pytest.approx(metrics.scores(pred, SQUARE, 2)["miou"])
+    assert metrics.trimap_miou(torch.from_numpy(SQUARE), torch.from_numpy(SQUARE), 2, 1) == 1.0
+    with pytest.raises(ValueError, match="band"):
+        metrics.trimap_miou(pred, SQUARE, 2, -1)
