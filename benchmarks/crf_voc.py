@@ -95,10 +95,10 @@ def main() -> None:
             continue
         cm = sum(metrics.confusion_matrix(p, t, NUM_CLASSES) for p, t in zip(pred, targets))
         miou = metrics.scores_from_confusion(cm)["miou"]
-        band = np.mean([0.0])  # replaced below: the band IoU accumulates one confusion matrix over all images
-        band_cm = sum(metrics.confusion_matrix(np.where(metrics.boundary_band(t, args.band), p, 255),
-                                               np.where(metrics.boundary_band(t, args.band), t, 255), NUM_CLASSES)
-                      for p, t in zip(pred, targets))
+        # one confusion matrix over all images, inside the band (trimap_miou does the same per batch of equal size)
+        bands = [metrics.boundary_band(t, args.band) for t in targets]
+        band_cm = sum(metrics.confusion_matrix(np.where(b, p, 255), np.where(b, t, 255), NUM_CLASSES)
+                      for p, t, b in zip(pred, targets, bands))
         band = metrics.scores_from_confusion(band_cm)["miou"]
         print(f"{key:<14}{100 * miou:>7.1f}%{100 * band:>21.1f}%")
     print(f"dlcore: {1000 * seconds['dlcore'] / len(ids):.0f} ms/image ({torch.get_num_threads()} threads)")

@@ -54,6 +54,7 @@ class Recipe:
     n_train: int = 256
     seed: int = 0
     init_from: str | None = None  # key of the recipe whose weights start this one (FCN staged training, §4.2)
+    trunk_from: str | None = None  # key of the pre-trained recipe whose VGG-16 trunk starts this one
     options: dict = field(default_factory=dict)
 
     def key(self) -> str:
@@ -91,21 +92,35 @@ def _train_set(recipe: Recipe):
     return SyntheticScenes("train", n=recipe.n_train, size=recipe.size, seed=recipe.seed)
 
 
-def _load_start(model: nn.Module, init: "Trained") -> None:
-    """Staged FCN training (§4.2): copy every parameter the coarser net shares; the new skip layers keep their init."""
+def _load_start(model: nn.Module, init: "Trained", prefix: str = "") -> None:
+    """Copy every parameter (under `prefix`) that `init` shares with `model`, by name and shape.
+
+    Staged FCN training (§4.2) copies everything, so the new skip layers alone keep their init; starting from
+    the pre-trained trunk copies `backbone.` only, so every head starts fresh, as the papers' heads do.
+    """
     mine = model.state_dict()
-    shared = {k: v for k, v in init.model.state_dict().items() if k in mine and mine[k].shape == v.shape}
+    shared = {k: v for k, v in init.model.state_dict().items()
+              if k.startswith(prefix) and k in mine and mine[k].shape == v.shape}
+    if not shared:
+        raise ValueError(f"{init.recipe.name} shares no {prefix or 'parameter'} weights with this model")
     model.load_state_dict(shared, strict=False)
 
 
-def train(recipe: Recipe, *, device="cpu", init: "Trained | None" = None, cache_dir=CACHE_DIR) -> Trained:
-    """Train `recipe` (or load it from `cache_dir` when it was trained before) and return the model in eval mode."""
+def train(recipe: Recipe, *, device="cpu", init: "Trained | None" = None, trunk: "Trained | None" = None,
+          cache_dir=CACHE_DIR) -> Trained:
+    """Train `recipe` (or load it from `cache_dir` when it was trained before) and return the model in eval mode.
+
+    init: the Trained whose weights start this one (recipe.init_from is its key); trunk: the pre-trained net
+    whose backbone starts this one (recipe.trunk_from is its key, see `pretrained_trunk`).
+    """
     from dlcore import engine, seed_everything
     from dlcore.models import build_model
 
     _check_recipe(recipe)
     if (init is None) != (recipe.init_from is None) or (init is not None and init.key != recipe.init_from):
         raise ValueError("pass init=<the Trained whose key is recipe.init_from>, or neither")
+    if (trunk is None) != (recipe.trunk_from is None) or (trunk is not None and trunk.key != recipe.trunk_from):
+        raise ValueError("pass trunk=<the Trained whose key is recipe.trunk_from>, or neither")
     seed_everything(recipe.seed)
     model = build_model(recipe.name, num_classes=_train_set(recipe).num_classes, width=recipe.width, **recipe.options)
     path = Path(cache_dir) / f"{recipe.key()}.pt"
@@ -113,6 +128,8 @@ def train(recipe: Recipe, *, device="cpu", init: "Trained | None" = None, cache_
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         return Trained(recipe, model.eval(), float(state["images_per_s"]))
+    if trunk is not None:
+        _load_start(model, trunk, prefix="backbone.")
     if init is not None:
         _load_start(model, init)
     start = time.perf_counter()
@@ -138,11 +155,11 @@ def score(trained: Trained, *, n_val: int = 64, device="cpu", **evaluate_options
     return trained.scores
 
 
-def train_and_score(name: str, *, device="cpu", init: Trained | None = None, n_val: int = 64,
-                    cache_dir=CACHE_DIR, **recipe) -> Trained:
+def train_and_score(name: str, *, device="cpu", init: Trained | None = None, trunk: Trained | None = None,
+                    n_val: int = 64, cache_dir=CACHE_DIR, **recipe) -> Trained:
     """`train` then `score`: the one call the notebooks make per row of a results table."""
-    trained = train(Recipe(name, init_from=init.key if init else None, **recipe), device=device, init=init,
-                    cache_dir=cache_dir)
+    trained = train(Recipe(name, init_from=init.key if init else None, trunk_from=trunk.key if trunk else None,
+                           **recipe), device=device, init=init, trunk=trunk, cache_dir=cache_dir)
     score(trained, n_val=n_val, device=device)
     return trained
 
@@ -158,3 +175,19 @@ def table_row(trained: Trained) -> dict:
     row.update({c: round(100 * float(trained.scores[c]), 1) for c in TABLE_COLUMNS})
     row["train img/s"] = round(trained.images_per_s, 1)
     return row
+
+
+def pretrained_trunk(*, width: float = 0.25, size: int = 64, steps: int = 3000, seed: int = 0, device="cpu",
+                     cache_dir=CACHE_DIR) -> Trained:
+    """The teaching runs' stand-in for ImageNet pre-training: a batch-norm VGG-16 trunk trained once, then shared.
+
+    Every network of the papers starts from an ImageNet-trained VGG-16 (FCN Sec. 4.1, DeepLab v1 Sec. 4.1) and
+    only then compares heads, strides and skips. Trained from scratch for the minute a notebook can give each
+    net, a 16-layer VGG stays near the class prior (benchmarks/RESULTS.md, "Caveat for the notebooks"), so
+    the comparisons would be noise. Instead DeepLab-LargeFOV (with `batch_norm=True`) is trained here for
+    `steps` on 2,048 SyntheticScenes, once: the result is cached under build/cache/ like every recipe, and the
+    notebooks start each net from its `backbone.` weights (`train_and_score(..., trunk=...)`), heads fresh.
+    """
+    recipe = Recipe("deeplab-v1-largefov", width=width, steps=steps, batch_size=8, lr=1e-2, size=size,
+                    n_train=2048, seed=seed, options={"batch_norm": True})
+    return train(recipe, device=device, cache_dir=cache_dir)

@@ -77,3 +77,25 @@ def test_train_and_score_caches_and_stages(tmp_path):
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         train(Recipe("fcn4s"), cache_dir=tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_STACK, reason="dlcore.models not there yet")
+def test_pretrained_trunk_starts_the_backbone_only(tmp_path):
+    from dlcore.experiments import _load_start, pretrained_trunk
+    from dlcore.models import build_model
+
+    trunk = pretrained_trunk(width=0.0625, size=32, steps=1, cache_dir=tmp_path)
+    assert trunk.recipe.options == {"batch_norm": True}
+    torch.manual_seed(1)
+    model = build_model("deeplab-v1-4x4", num_classes=trunk.model.num_classes, width=0.0625, batch_norm=True)
+    head_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
+    _load_start(model, trunk, prefix="backbone.")
+    mine = model.state_dict()
+    backbone = {k: v for k, v in trunk.model.state_dict().items() if k.startswith("backbone.")}
+    assert backbone and all(torch.equal(mine[k], v) for k, v in backbone.items())
+    assert all(torch.equal(mine[k], v) for k, v in head_before.items()), "the head must keep its own init"
+    tiny = dict(width=0.0625, steps=1, batch_size=2, size=32, n_train=4, options={"batch_norm": True})
+    staged = train_and_score("fcn32s", trunk=trunk, n_val=2, cache_dir=tmp_path, **tiny)
+    assert staged.recipe.trunk_from == trunk.key
+    with pytest.raises(ValueError, match="trunk"):
+        train(Recipe("fcn32s", trunk_from=trunk.key, **tiny), cache_dir=tmp_path)

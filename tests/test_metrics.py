@@ -101,12 +101,13 @@ def test_boundary_band_on_a_square():
     # band 0: the square's 8 rim pixels and the 12 background pixels 4-adjacent to it; not the centre
     assert b0.sum() == 8 + 12 and not b0[4, 4] and b0[3, 3] and b0[2, 4] and not b0[2, 2]
     b1 = metrics.boundary_band(SQUARE, 1)
-    # band 1: rows/cols 1..7 (49 pixels) minus the 4 corners, which are 2 px (chessboard) from any seed
-    assert b1.sum() == 49 - 4 and b1[2, 2] and not b1[1, 1] and not b1[0, 4]
+    # band 1 (Euclidean): the 20 seeds, their 12 outer 4-neighbours, the 4 diagonal corners (2,2).. next to two
+    # seeds, and the centre; not (1,1) (sqrt 5 from a seed) nor (0,4) (2 px)
+    assert b1.sum() == 20 + 12 + 4 + 1 and b1[2, 2] and b1[4, 4] and not b1[1, 1] and not b1[0, 4]
     assert metrics.boundary_band(SQUARE, 10).all()
     # batched: a blank image next to the square gets no band
     batch = metrics.boundary_band(np.stack([SQUARE, np.zeros_like(SQUARE)]), 1)
-    assert batch.shape == (2, 9, 9) and batch[0].sum() == 45 and not batch[1].any()
+    assert batch.shape == (2, 9, 9) and batch[0].sum() == 37 and not batch[1].any()
 
 
 def test_boundary_band_seeds_on_void():

@@ -339,7 +339,7 @@ def test_weights_need_width_1_and_an_existing_file(tmp_path):
 @pytest.mark.parametrize("name, kwargs, message", [
     ("fcn4s", {}, r"unknown model 'fcn4s'; choose one of \['fcn32s'"),
     ("deeplab-v2-resnet101-aspp-l", {"output_stride": 4}, "output_stride must be 8 or 16"),
-    ("deeplab-v1-largefov", {"output_stride": 8}, r"\['output_stride'\] do not apply.*accepts \['weights'\]"),
+    ("deeplab-v1-largefov", {"output_stride": 8}, r"\['output_stride'\] do not apply.*accepts \['batch_norm', 'weights'\]"),
     ("deeplab-v2-vgg-aspp-l", {"freeze_bn": True}, "ResNet-101 models only"),
     ("deeplab-v2-vgg-aspp-l", {"scales": (1.0,)}, "do not apply"),
     ("deeplab-v2-vgg-aspp-l-msc", {"scales": (0.5, -1)}, "positive"),
@@ -347,7 +347,25 @@ def test_weights_need_width_1_and_an_existing_file(tmp_path):
     ("fcn8s", {"width": -1.0}, "width must be a number > 0"),
     ("fcn8s", {"num_classes": 0}, "num_classes must be"),
     ("deeplab-v2-resnet101-aspp-l", {"freeze_bn": "yes"}, "freeze_bn must be True or False"),
+    ("fcn8s", {"batch_norm": "yes"}, "batch_norm must be True or False"),
+    ("deeplab-v2-resnet101-aspp-l", {"batch_norm": True}, "VGG-16 models only"),
 ])
 def test_bad_names_and_options_are_clear_errors(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(name, **kwargs)
+
+
+def test_batch_norm_trunk_is_torchvision_vgg16_bn():
+    """batch_norm=True: torchvision's vgg16_bn definition (a BatchNorm2d after each of the 13 convs), its
+    state-dict keys, the same dense surgery, and the architecture option kept for checkpoint rebuilds."""
+    import torchvision
+
+    model = build_model("deeplab-v1-largefov", num_classes=3, width=0.0625, batch_norm=True)
+    assert model.options == {"batch_norm": True} and model.output_stride == 8
+    norms = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 13
+    reference = torchvision.models.vgg16_bn(weights=None).features.state_dict()
+    assert {f"features.{k}" for k in reference} == set(model.backbone.state_dict())
+    out = model.eval()(torch.randn(1, 3, 33, 47))
+    assert out.shape == (1, 3, 33, 47)
+    assert build_model("fcn8s", num_classes=3, width=0.0625).options == {"batch_norm": False}
