@@ -607,7 +607,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluation data (default: what the checkpoint was trained on)")
     p.add_argument("--root", help="VOC folder (holding VOCdevkit/VOC2012) for --data voc")
     p.add_argument("--split", default="val", help="split to score (default val)")
-    p.add_argument("--crf", action="store_true", help="refine with the fully connected CRF (dlcore.crf defaults)")
+    p.add_argument("--crf", action="store_true", help="refine with the fully connected CRF (the settings the checkpoint records, else dlcore.crf defaults)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test-time input scales, e.g. 0.5 0.75 1")
     p.add_argument("--flip", action="store_true", help="also run the mirrored image (probabilities averaged)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -655,6 +655,11 @@ def _write_json(path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _eval_crf(on: bool, meta: dict):
+    """--crf: the CRF settings the checkpoint records (an imported release's), else DeepLab-LargeFOV's defaults."""
+    return (meta.get("crf") or True) if on else None
+
+
 def run_eval(args) -> int:
     try:
         state = load_checkpoint(args.checkpoint)
@@ -666,7 +671,7 @@ def run_eval(args) -> int:
                              f"{dataset.num_classes}; evaluate on the data it was trained for")
         scores = evaluate(model, dataset, dataset.num_classes, device=args.device,
                           normalize=meta.get("normalize", "imagenet"), scales=args.scales, flip=args.flip,
-                          crf=bool(args.crf), batch_size=args.batch_size, progress=not args.no_progress)
+                          crf=_eval_crf(args.crf, meta), batch_size=args.batch_size, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
         return _error(e)
     names = getattr(dataset, "class_names", None)

@@ -55,6 +55,7 @@ class Recipe:
     seed: int = 0
     init_from: str | None = None  # key of the recipe whose weights start this one (FCN staged training, §4.2)
     trunk_from: str | None = None  # key of the pre-trained recipe whose VGG-16 trunk starts this one
+    trunk_fc: bool = False  # also start every fc6/fc7 of the head from the pre-trained LargeFOV's (DeepLab v2 Sec. 4.1)
     options: dict = field(default_factory=dict)
 
     def key(self) -> str:
@@ -106,6 +107,22 @@ def _load_start(model: nn.Module, init: "Trained", prefix: str = "") -> None:
     model.load_state_dict(shared, strict=False)
 
 
+def _load_fc(model: nn.Module, trunk: "Trained") -> None:
+    """Every fc6/fc7 the head declares starts from the pre-trained LargeFOV's, as DeepLab v2 starts every ASPP
+    branch from the same (ImageNet) fc6/fc7: the branches then differ only by their rate."""
+    source = {"fc6": trunk.model.head.fc6, "fc7": trunk.model.head.fc7}
+    layers = [pair for m in model.modules() if hasattr(m, "imagenet_fc_layers") for pair in m.imagenet_fc_layers()]
+    if not layers:
+        raise ValueError(f"{model.name} has no fc6/fc7 to start from the pre-trained head")
+    with torch.no_grad():
+        for role, conv in layers:
+            if conv.weight.shape != source[role].weight.shape:
+                raise ValueError(f"{model.name}'s {role} is {tuple(conv.weight.shape)}, the pre-trained one "
+                                 f"{tuple(source[role].weight.shape)}: only 3x3 LargeFOV-sized heads can start from it")
+            conv.weight.copy_(source[role].weight)
+            conv.bias.copy_(source[role].bias)
+
+
 def train(recipe: Recipe, *, device="cpu", init: "Trained | None" = None, trunk: "Trained | None" = None,
           cache_dir=CACHE_DIR) -> Trained:
     """Train `recipe` (or load it from `cache_dir` when it was trained before) and return the model in eval mode.
@@ -130,6 +147,8 @@ def train(recipe: Recipe, *, device="cpu", init: "Trained | None" = None, trunk:
         return Trained(recipe, model.eval(), float(state["images_per_s"]))
     if trunk is not None:
         _load_start(model, trunk, prefix="backbone.")
+        if recipe.trunk_fc:
+            _load_fc(model, trunk)
     if init is not None:
         _load_start(model, init)
     start = time.perf_counter()

@@ -459,3 +459,11 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
         torch.testing.assert_close(r0[k], v, msg=k)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
+
+
+def test_eval_crf_uses_the_settings_a_checkpoint_records():
+    """An imported release records its CRF (e.g. DeepLab v2 ResNet-101's sigma_alpha 67); --crf applies those."""
+    recorded = {"iterations": 10, "w1": 4.0, "sigma_alpha": 67.0, "sigma_beta": 3.0, "w2": 3.0, "sigma_gamma": 1.0}
+    assert engine._eval_crf(True, {"crf": recorded}) == recorded
+    assert engine._eval_crf(True, {}) is True
+    assert engine._eval_crf(False, {"crf": recorded}) is None

@@ -99,3 +99,19 @@ def test_pretrained_trunk_starts_the_backbone_only(tmp_path):
     assert staged.recipe.trunk_from == trunk.key
     with pytest.raises(ValueError, match="trunk"):
         train(Recipe("fcn32s", trunk_from=trunk.key, **tiny), cache_dir=tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_STACK, reason="dlcore.models not there yet")
+def test_trunk_fc_starts_every_aspp_branch_from_the_pretrained_head(tmp_path):
+    from dlcore.experiments import _load_fc, pretrained_trunk
+    from dlcore.models import build_model
+
+    trunk = pretrained_trunk(width=0.0625, size=32, steps=1, cache_dir=tmp_path)
+    model = build_model("deeplab-v2-vgg-aspp-l", num_classes=trunk.model.num_classes, width=0.0625, batch_norm=True)
+    _load_fc(model, trunk)
+    for branch in model.head.branches:
+        assert torch.equal(branch[0].weight, trunk.model.head.fc6.weight)
+        assert torch.equal(branch[3].weight, trunk.model.head.fc7.weight)
+    assert branch[0].dilation == (24, 24), "the branch keeps its own rate"
+    with pytest.raises(ValueError, match="only 3x3"):
+        _load_fc(build_model("deeplab-v1-7x7", num_classes=11, width=0.0625), trunk)
