@@ -136,9 +136,13 @@ class ResNet101(nn.Module):
 
     `freeze_bn=True` is the paper's training: batch norm uses the ImageNet statistics and its affine
     parameters stay fixed (Caffe `use_global_stats`), as batches of a few 321 x 321 crops cannot estimate them.
+
+    `caffe=True` is the sampling of DeepLab's released Caffe ResNet-101 (the original ResNet "v1"), which the
+    published weights were trained with: a stage's first block strides its 1x1 conv (res3a_branch2a), not the
+    3x3 (torchvision's "v1.5"), and pool1 rounds its output size up (Caffe's ceil mode). Same parameters.
     """
 
-    def __init__(self, width: float = 1.0, *, output_stride: int = 8, freeze_bn: bool = False):
+    def __init__(self, width: float = 1.0, *, output_stride: int = 8, freeze_bn: bool = False, caffe: bool = False):
         super().__init__()
         import torchvision
 
@@ -151,6 +155,14 @@ class ResNet101(nn.Module):
         for stage in (net.layer3, net.layer4):  # block 0 at the stage's rate too (DeepLab's Caffe model)
             rate = stage[1].conv2.dilation
             stage[0].conv2.dilation, stage[0].conv2.padding = rate, rate
+        if not isinstance(caffe, bool):
+            raise ValueError(f"caffe must be True or False, got {caffe!r}")
+        if caffe:
+            net.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)  # Caffe rounds pooled sizes up
+            for stage in (net.layer2, net.layer3, net.layer4):
+                block = stage[0]
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
+        self.caffe = caffe
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))  # avgpool and fc (the ImageNet classifier) are dropped
         self.width = width

@@ -158,12 +158,14 @@ def _deeplab_v2(rest: str, num_classes: int, width: float, options: dict) -> tup
         backbone = VGG16(width, dense=True, **kept)
         head = ASPP([vgg_branch(backbone.out_channels, num_classes, r, width) for r in rates])
     else:
-        _only(options, {"output_stride", "freeze_bn"} | scales)
+        _only(options, {"output_stride", "freeze_bn", "caffe"} | scales)
         kept = {"output_stride": options.get("output_stride", 8), "freeze_bn": options.get("freeze_bn", False)}
         if kept["output_stride"] not in (8, 16) or isinstance(kept["output_stride"], bool):
             raise ValueError(f"output_stride must be 8 or 16 (DeepLab v2 ResNet-101), got {kept['output_stride']!r}")
         if not isinstance(kept["freeze_bn"], bool):
             raise ValueError(f"freeze_bn must be True or False, got {kept['freeze_bn']!r}")
+        if options.get("caffe"):  # kept only when set, so the options of every other model stay as they were
+            kept["caffe"] = options["caffe"]
         backbone = ResNet101(width, **kept)
         head = ASPP([resnet_branch(backbone.out_channels, num_classes, r) for r in rates])
     if msc:
@@ -176,8 +178,8 @@ def _only(options: dict, allowed: set) -> None:
     bad = sorted(set(options) - allowed)
     if bad:
         raise ValueError(f"option(s) {bad} do not apply to this model; it accepts "
-                         f"{sorted(allowed | {'weights'})} (batch_norm: VGG-16 models only; output_stride and "
-                         f"freeze_bn: ResNet-101 models only; scales: DeepLab-v2 -msc models only)")
+                         f"{sorted(allowed | {'weights'})} (batch_norm: VGG-16 models only; output_stride, freeze_bn and "
+                         f"caffe: ResNet-101 models only; scales: DeepLab-v2 -msc models only)")
 
 
 def _names() -> dict[str, tuple]:
@@ -206,7 +208,8 @@ def build_model(name: str, num_classes: int = 21, width: float = 1.0, **options)
     num_classes: class-score channels (21 for PASCAL VOC, background included). width: multiplies every hidden
     channel count (1.0 = the papers'; 0.0625-0.25 for CPU teaching runs). Options, keyword-only:
     `batch_norm=True|False` (VGG-16 models: torchvision's vgg16_bn trunk; default False, the papers' VGG-16),
-    `output_stride=8|16` and `freeze_bn=True|False` (ResNet-101 models; defaults 8, False),
+    `output_stride=8|16` and `freeze_bn=True|False` (ResNet-101 models; defaults 8, False), `caffe=True`
+    (ResNet-101: the released Caffe model's strides and pool1, see `ResNet101`; import-caffe sets it),
     `scales=(0.5, 0.75, 1.0)` (DeepLab-v2 `-msc` models), `weights=None|"imagenet"|path|torchvision enum`
     (ImageNet init of the trunk and VGG's fc6/fc7, width 1.0 only; "imagenet" downloads through torchvision).
     `model.options` keeps the architecture options (not `weights`: a checkpoint rebuild must not download).

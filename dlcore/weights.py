@@ -552,6 +552,8 @@ def run_import_caffe(args) -> int:
         options["output_stride"] = args.output_stride
     if args.freeze_bn:
         options["freeze_bn"] = True
+    if "resnet101" in args.model:
+        options["caffe"] = True  # the released weights were trained with Caffe's strides and pool1
     try:
         model = build_model(args.model, num_classes=args.num_classes, width=args.width, **options)
         report = import_caffe(model, read_caffemodel(args.caffemodel), dataset=args.dataset,
@@ -567,7 +569,4 @@ def run_import_caffe(args) -> int:
           f"({args.model}, {args.num_classes} classes, BGR Caffe-mean input: normalize='caffe')")
     if report["skipped"]:
         print(f"  skipped {len(report['skipped'])} MSC shared-weight copies (*_res075, *_res05)")
-    if "resnet101" in args.model:
-        print("  note: dlcore's ResNet-101 (torchvision) strides the 3x3 conv of res3a, Caffe's the 1x1 branch2a; "
-              "same weights, slightly different sampling: expect small differences from the published numbers")
     return 0

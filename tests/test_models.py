@@ -369,3 +369,22 @@ def test_batch_norm_trunk_is_torchvision_vgg16_bn():
     out = model.eval()(torch.randn(1, 3, 33, 47))
     assert out.shape == (1, 3, 33, 47)
     assert build_model("fcn8s", num_classes=3, width=0.0625).options == {"batch_norm": False}
+
+
+def test_caffe_resnet_layout_strides_the_1x1_and_keeps_the_weights():
+    """caffe=True: the released DeepLab-v2 ResNet-101's sampling (stride on res3a_branch2a, the 1x1; pool1 in
+    ceil mode) with exactly the parameters of the torchvision layout, so the same state dict loads."""
+    plain = build_model("deeplab-v2-resnet101-aspp-l", num_classes=3, width=0.0625)
+    caffe = build_model("deeplab-v2-resnet101-aspp-l", num_classes=3, width=0.0625, caffe=True)
+    assert caffe.options["caffe"] is True and "caffe" not in plain.options
+    block = caffe.backbone.layer2[0]
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1) and block.downsample[0].stride == (2, 2)
+    assert plain.backbone.layer2[0].conv2.stride == (2, 2)
+    assert caffe.backbone.maxpool.ceil_mode and not plain.backbone.maxpool.ceil_mode
+    caffe.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        assert caffe.eval()(x).shape == (1, 3, 65, 65)
+        assert caffe.scores(x).shape[-1] == 9 and plain.eval().scores(x).shape[-1] == 9  # both output stride 8
+    with pytest.raises(ValueError, match="caffe must be True or False"):
+        build_model("deeplab-v2-resnet101-largefov", num_classes=3, width=0.0625, caffe="yes")
