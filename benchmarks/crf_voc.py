@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from dlcore import metrics
-from dlcore.crf import DEEPLAB_V1_LARGEFOV, dense_crf
+from crf import SETTINGS, pydensecrf_run  # benchmarks/crf.py: the same reference call and settings
+from dlcore.crf import dense_crf
 from dlcore.data import read_image
 from dlcore.data.palette import read_label_png
 
@@ -37,18 +38,6 @@ def coarse_probs(labels: np.ndarray, stride: int = 16) -> np.ndarray:
     probs = F.interpolate(pooled, size=labels.shape, mode="bilinear", align_corners=False)[0]
     probs = probs.clamp_min(1e-4)
     return (probs / probs.sum(0, keepdim=True)).numpy()
-
-
-def pydensecrf_q(image, probs, iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma):
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    num_labels, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, num_labels)
-    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    d.addPairwiseGaussian(sxy=sigma_gamma, compat=w2)
-    d.addPairwiseBilateral(sxy=sigma_alpha, srgb=sigma_beta, rgbim=np.ascontiguousarray(image), compat=w1)
-    return np.array(d.inference(iterations)).reshape(num_labels, h, w)
 
 
 def main() -> None:
@@ -68,7 +57,7 @@ def main() -> None:
         have_ref = False
     ids = (args.root / "val_ids.txt").read_text().split()
     ids = ids[: args.limit] if args.limit else ids
-    params = DEEPLAB_V1_LARGEFOV
+    params = SETTINGS  # DeepLab-LargeFOV's, as benchmarks/crf.py
     preds = {"coarse": [], "dlcore": [], "pydensecrf2": []}
     targets, seconds, max_diff, agree = [], {"dlcore": 0.0, "pydensecrf2": 0.0}, 0.0, []
     for name in ids:
@@ -83,7 +72,7 @@ def main() -> None:
         preds["dlcore"].append(q.argmax(0))
         if have_ref:
             start = time.perf_counter()
-            ref = pydensecrf_q(image, probs, **params)
+            ref = pydensecrf_run(image, probs).reshape(probs.shape)
             seconds["pydensecrf2"] += time.perf_counter() - start
             preds["pydensecrf2"].append(ref.argmax(0))
             max_diff = max(max_diff, float(np.abs(q - ref).max()))
