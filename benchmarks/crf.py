@@ -3,6 +3,7 @@
     python benchmarks/crf.py                      # CPU: 500x375, 21 labels, 10 iterations, ratio vs pydensecrf2
     python benchmarks/crf.py --device cuda        # GPU: ms/image, images/s at batch 16, peak memory
     python benchmarks/crf.py --scaling benchmarks/crf_scaling.png   # time vs image size, exact vs lattice
+    python benchmarks/crf.py --phases --device cuda --batch 16      # where the time goes
 
 Times are medians over --repeats runs, lattice build included (as pydensecrf's includes its own).
 """
@@ -98,6 +99,48 @@ def bench_cuda(args) -> None:
         print("pydensecrf2 not installed: no reference")
 
 
+def bench_phases(args) -> None:
+    """Where one DenseCRF call spends its time: each phase timed alone, synchronised, median of --repeats."""
+    from dlcore.crf import cuda as crf_cuda
+    from dlcore.crf.meanfield import PROB_FLOOR, mean_field, pairwise_filter
+
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    image = torch.from_numpy(photo(args.height, args.width)).permute(2, 0, 1)[None]
+    probs = torch.from_numpy(network_like_probs(args.height, args.width, args.labels))[None]
+    images = image.expand(args.batch, -1, -1, -1).contiguous().to(device)
+    probs = probs.expand(args.batch, -1, -1, -1).contiguous().to(device)
+    s = SETTINGS
+    features = lambda: crf_features(images, s["sigma_alpha"], s["sigma_beta"], s["sigma_gamma"])  # noqa: E731
+    appearance, smoothness, group = features()
+    lattices = [PermutohedralLattice(appearance, group), PermutohedralLattice(smoothness, group)]
+    pairwise = pairwise_filter(lattices, [s["w1"], s["w2"]], "symmetric")
+    unary = -torch.log(probs.permute(0, 2, 3, 1).reshape(-1, args.labels).clamp_min(PROB_FLOOR))
+
+    def fused():
+        for lattice in lattices:
+            lattice._total_weight = None  # the kernel normalisation is kept after a first use: recompute it
+        return pairwise_filter(lattices, [s["w1"], s["w2"]], "symmetric")
+
+    phases = {
+        "features": features,
+        "appearance lattice": lambda: PermutohedralLattice(appearance, group),
+        "smoothness lattice (cached by DenseCRF)": lambda: PermutohedralLattice(smoothness, group),
+        "normalisation + fused arrays": fused,
+        "mean-field, sparse products": lambda: mean_field(unary, pairwise, s["iterations"]),
+    }
+    if crf_cuda.available(device):
+        phases["mean-field, Triton kernels"] = lambda: crf_cuda.mean_field(unary, pairwise, s["iterations"])
+    crf = DenseCRF(**s)
+    phases["DenseCRF, whole call"] = lambda: crf(images, probs)
+    print(f"{args.batch} x {args.width}x{args.height}, {args.labels} labels on {device}: "
+          f"{lattices[0].num_vertices} + {lattices[1].num_vertices} lattice vertices")
+    for name, fn in phases.items():
+        fn()  # warm-up (Triton compilation, allocator, the cached smoothness lattice)
+        ms = median_time(fn, args.repeats, sync) * 1e3
+        print(f"  {name:<40}{ms:9.2f} ms")
+
+
 def bench_scaling(args) -> None:
     """Time of one appearance-kernel filtering (21 channels) against pixel count: exact O(N^2) vs lattice O(N)."""
     import matplotlib.pyplot as plt
@@ -134,11 +177,14 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--phases", action="store_true", help="time each phase of one call (with --device, --batch)")
     parser.add_argument("--scaling", default=None, help="write the exact-vs-lattice scaling plot to this .png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scaling:
         bench_scaling(args)
+    elif args.phases:
+        bench_phases(args)
     elif args.device == "cuda":
         bench_cuda(args)
     else:

@@ -81,6 +81,8 @@ class Predictor:
         _cuda_option("compile", compile, cuda)
         _cuda_option("cuda_graphs", cuda_graphs, cuda)
         self.normalize_mode = normalize
+        if cuda:  # a predictor sees few input shapes: let cuDNN time its algorithms once per shape (process-wide)
+            torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -246,4 +248,8 @@ def recorded_gpu_results(results_md: str | Path) -> list[dict]:
 def _field(body: str, key: str) -> str | None:
     """The value of a `- key: value` (or `key: value`, bold or not) line of a RESULTS.md section."""
     match = re.search(rf"^[-*\s]*\**{key}\**\s*:\**\s*(.+)$", body, flags=re.IGNORECASE | re.MULTILINE)
-    return match.group(1).strip().strip("`") if match else None
+    if not match:
+        return None
+    value = match.group(1).strip()
+    quoted = re.match(r"`([^`]+)`", value)  # a command in backticks, perhaps followed by a remark
+    return quoted.group(1) if quoted else value

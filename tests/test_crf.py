@@ -241,3 +241,50 @@ def test_pydensecrf_examples_reproduced(n):
     q = dense_crf(image, probs, 5, w1=10.0, sigma_alpha=80.0, sigma_beta=13.0, w2=3.0, sigma_gamma=3.0)
     agree = (palette[q.argmax(0)] == expected).all(-1).mean()
     assert agree >= 0.995, f"only {agree:.4f} of pixels equal to out{n}.png"
+
+
+TRITON_KERNELS_ON_CPU = '''
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter runs the CUDA kernels on CPU tensors
+import torch
+from dlcore.crf import cuda, crf_features, PermutohedralLattice
+from dlcore.crf.lattice import FusedFilter
+from dlcore.crf.meanfield import mean_field, pairwise_scales
+cuda.PIECE, cuda.FEW = 3, 2  # many pieces per row, as in a large image's flat regions
+g = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (2, 3, 10, 12), dtype=torch.uint8, generator=g)
+images[:, :, :, :6] = 40  # a flat region: long splat rows
+appearance, smoothness, group = crf_features(images, 8.0, 20.0, 2.0)
+lattices = [PermutohedralLattice(appearance, group), PermutohedralLattice(smoothness, group)]
+pairwise = FusedFilter(lattices, *pairwise_scales(lattices, [4.0, 3.0], "symmetric"))
+unary = -torch.log(torch.rand(appearance.shape[0], 5, generator=g).softmax(1))
+expected = mean_field(unary, pairwise, 3)
+rows = pairwise.splat_crow[1:] - pairwise.splat_crow[:-1]
+assert int(rows.max()) > cuda.PIECE * cuda.FEW and int(rows.min()) <= cuda.PIECE  # both ways of summing pieces
+got = cuda.mean_field(unary, pairwise, 3)
+print(float((got - expected).abs().max()))
+'''
+
+
+def test_triton_mean_field_kernels_equal_the_sparse_path():
+    """dlcore.crf.cuda's kernels, run by Triton's interpreter on the CPU (the GPU runs are in test_gpu.py)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "-c", TRITON_KERNELS_ON_CPU], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-5
+
+
+def test_repeated_position_lattice_equals_the_batched_build():
+    """DenseCRF builds the smoothness lattice once per image size and repeats it over the batch."""
+    _, smoothness, group = crf_features(torch.zeros(3, 3, 9, 11, dtype=torch.uint8), 121.0, 5.0, 3.0)
+    batched = PermutohedralLattice(smoothness, group)
+    repeated = PermutohedralLattice(smoothness[:99]).repeat(3)
+    assert repeated.num_vertices == batched.num_vertices and repeated.num_points == batched.num_points
+    for name in ("offset", "barycentric", "order", "crow"):
+        assert torch.equal(getattr(repeated, name), getattr(batched, name)), name
+    for a, b in zip(repeated.neighbours, batched.neighbours):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlcore.crf import cuda
 from dlcore.crf.exact import exact_gaussian_filter, kernels_at
 from dlcore.crf.lattice import PermutohedralLattice, check_lattice_fits, lattice_memory_bytes
 from dlcore.crf.meanfield import NORMALIZATIONS, PROB_FLOOR, kl_divergence, mean_field, pairwise_filter
@@ -35,6 +36,12 @@ DEEPLAB_V2_RESNET101 = dict(iterations=10, w1=4.0, sigma_alpha=67.0, sigma_beta=
 _SUM_TOL = 1e-3
 
 
+def _pixel_xy(h: int, w: int, device) -> torch.Tensor:
+    """(x, y) of every pixel, row-major, [1, H*W, 2] float."""
+    y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([x, y], -1).reshape(1, h * w, 2).float()
+
+
 def crf_features(images: torch.Tensor, sigma_alpha: float, sigma_beta: float, sigma_gamma: float):
     """Kernel features for images uint8 [B,3,H,W], pixels in row-major order per image (pydensecrf's DenseCRF2D).
 
@@ -43,13 +50,26 @@ def crf_features(images: torch.Tensor, sigma_alpha: float, sigma_beta: float, si
     """
     b, _, h, w = images.shape
     device = images.device
-    y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    xy = torch.stack([x, y], -1).reshape(1, h * w, 2).float().expand(b, -1, -1).reshape(-1, 2)
+    xy = _pixel_xy(h, w, device).expand(b, -1, -1).reshape(-1, 2)
     rgb = images.permute(0, 2, 3, 1).reshape(-1, 3).float()
     appearance = torch.cat([xy / sigma_alpha, rgb / sigma_beta], 1)
     smoothness = xy / sigma_gamma
     group = torch.arange(b, device=device).repeat_interleave(h * w)
     return appearance, smoothness, group
+
+
+_POSITION_LATTICES: dict = {}  # (h, w, sigma_gamma, device) -> the smoothness lattice of one image; a few kept
+
+
+def _position_lattice(h: int, w: int, sigma_gamma: float, device, max_memory_bytes) -> PermutohedralLattice:
+    """The smoothness kernel's lattice depends only on the pixel grid: built once per image size and sigma_gamma."""
+    key = (h, w, sigma_gamma, str(device))
+    if key not in _POSITION_LATTICES:
+        if len(_POSITION_LATTICES) >= 4:
+            _POSITION_LATTICES.pop(next(iter(_POSITION_LATTICES)))
+        _POSITION_LATTICES[key] = PermutohedralLattice(_pixel_xy(h, w, device)[0] / sigma_gamma,
+                                                       max_memory_bytes=max_memory_bytes)
+    return _POSITION_LATTICES[key]
 
 
 def _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization) -> None:
@@ -127,14 +147,19 @@ class DenseCRF(nn.Module):
         images = images.to(probs.device)
         b, num_labels, h, w = probs.shape
         check_lattice_fits(b * h * w, 5, num_labels, probs.device, self.max_memory_bytes)
-        appearance, smoothness, group = crf_features(images, self.sigma_alpha, self.sigma_beta, self.sigma_gamma)
+        appearance, _, group = crf_features(images, self.sigma_alpha, self.sigma_beta, self.sigma_gamma)
+        # the smoothness kernel sees only the pixel grid: its lattice is built once per image size
+        position = _position_lattice(h, w, self.sigma_gamma, probs.device, self.max_memory_bytes)
         lattices = [PermutohedralLattice(appearance, group, self.max_memory_bytes),
-                    PermutohedralLattice(smoothness, group, self.max_memory_bytes)]
+                    position if b == 1 else position.repeat(b)]
         pairwise = pairwise_filter(lattices, [self.w1, self.w2], self.normalization)
         q = probs.float().permute(0, 2, 3, 1).reshape(-1, num_labels)
         unary = -torch.log(q.clamp_min(PROB_FLOOR))
         steps = None if trace is None else []
-        q = mean_field(unary, pairwise, self.iterations, steps)
+        if trace is None and cuda.available(unary.device):
+            q = cuda.mean_field(unary, pairwise, self.iterations)  # the same update in Triton kernels
+        else:
+            q = mean_field(unary, pairwise, self.iterations, steps)
         to_batch = lambda x: x.view(b, h, w, num_labels).permute(0, 3, 1, 2).contiguous().to(probs.dtype)  # noqa: E731
         if trace is not None:
             trace.extend({**step, "q": to_batch(step["q"])} for step in steps)

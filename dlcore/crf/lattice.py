@@ -95,6 +95,23 @@ def _elevate(features: torch.Tensor) -> torch.Tensor:
     return elevated
 
 
+def _ranks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank, by_rank) of each row's entries, largest first, ties to the lower index (a stable descending sort).
+
+    On a GPU a per-row sort of d+1 = 6 numbers is a slow kernel, so there the ranks come from d(d+1)/2
+    comparisons, as pydensecrf finds them; on a CPU the sort is the faster of the two.
+    """
+    n, d1 = x.shape
+    if x.device.type == "cpu":
+        by_rank = torch.sort(x, dim=1, descending=True, stable=True).indices
+        return torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(d1).expand(n, d1)), by_rank
+    j = torch.arange(d1, device=x.device)
+    xi, xj = x[:, :, None], x[:, None, :]
+    before = (xj > xi) | ((xj == xi) & (j[None, :] < j[:, None]))  # [N, i, j]: entry j ranks above entry i
+    rank = before.sum(2)
+    return rank, torch.empty_like(rank).scatter_(1, rank, j.expand(n, d1))
+
+
 def _simplex(elevated: torch.Tensor):
     """Nearest remainder-0 lattice point, coordinate order and barycentric weights (Adams et al., Sec. 3.1).
 
@@ -107,8 +124,7 @@ def _simplex(elevated: torch.Tensor):
     v = torch.round(elevated * inv_d1)  # round half to even, as SSE's cvtps
     rem0 = v * d1
     excess = v.sum(1).long()  # how far the rounded point is off the plane, in units of d+1
-    by_rank0 = torch.sort(elevated - rem0, dim=1, descending=True, stable=True).indices
-    rank0 = torch.empty_like(by_rank0).scatter_(1, by_rank0, torch.arange(d1, device=elevated.device).expand(n, d1))
+    rank0, by_rank0 = _ranks(elevated - rem0)
     shifted = rank0 + excess[:, None]
     wrap = (shifted < 0).long() - (shifted >= d1).long()  # bring the point back onto the plane
     rem0 = rem0.long() + d1 * wrap
@@ -156,7 +172,12 @@ class _Packing:
             base = base + group * self.units[d]
         unit_by_rank = units[by_rank]  # [N, d+1]: the unit of the coordinate with rank k
         # high[:, r] = sum of units of the coordinates with rank > d - r
-        high = torch.cat([torch.zeros_like(base)[:, None], unit_by_rank.flip(1).cumsum(1)[:, :d]], 1)
+        # (a running sum over d+1 columns: torch.cumsum along a short inner axis is a slow kernel on a GPU)
+        high, running = [torch.zeros_like(base)], torch.zeros_like(base)
+        for k in range(d):
+            running = running + unit_by_rank[:, d - k]
+            high.append(running)
+        high = torch.stack(high, 1)
         r = torch.arange(d1, device=rem0.device)
         return base[:, None] + r * sum(self.units[:d]) - d1 * high
 
@@ -169,8 +190,9 @@ class PermutohedralLattice:
 
     Built once (`PermutohedralLattice(features)`), then `lattice.filter(values [N, C])` any number of times.
     `group` [N] (int64, optional) keeps points of different images apart, so a batch is one lattice.
-    Kept after the build: `offset` [N, d+1] vertex ids, `barycentric` [N, d+1] weights and, per lattice
-    direction, the ids of each vertex's two neighbours; `FusedFilter` turns them into sparse matrices.
+    Kept after the build: `offset` [N, d+1] vertex ids, `barycentric` [N, d+1] weights, the entries sorted by
+    vertex (`order`, `crow`) and, per lattice direction, the ids of each vertex's two neighbours; `FusedFilter`
+    turns them into sparse matrices, `dlcore.crf.cuda` hands them to its Triton kernels.
     """
 
     def __init__(self, features: torch.Tensor, group: torch.Tensor | None = None, max_memory_bytes: int | None = None):
@@ -187,12 +209,47 @@ class PermutohedralLattice:
         packing = _Packing(rem0, groups)
         codes = packing.vertex_codes(rem0, by_rank, None if group is None else group.long())
         del rem0, by_rank
-        self._vertex_codes, offset = torch.unique(codes.reshape(-1), sorted=True, return_inverse=True)
+        # torch.unique, by hand, to keep the sort: `order` lists the (point, corner) entries vertex by vertex,
+        # and vertex v's entries are order[crow[v]:crow[v+1]], the splat's rows without another sort.
+        sorted_codes, self.order = torch.sort(codes.reshape(-1), stable=True)  # stable: a fixed summation order
+        first = torch.ones_like(sorted_codes, dtype=torch.bool)
+        first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+        starts = first.nonzero()[:, 0]
+        self._vertex_codes = sorted_codes[starts]
         self.num_vertices = self._vertex_codes.numel()
+        self.crow = torch.cat([starts, starts.new_full((1,), sorted_codes.numel())])
+        offset = torch.empty_like(self.order)
+        offset[self.order] = first.cumsum(0) - 1
         self.offset = offset.view(n, d + 1)  # vertex id of each point's d+1 simplex corners
         self.barycentric = bary  # [N, d+1] weights, summing to 1
         self.neighbours = [self._neighbours(axis, packing) for axis in range(d + 1)]
         del self._vertex_codes
+        self._total_weight = None
+
+    def total_weight(self) -> torch.Tensor:
+        """sum_j k(f_i, f_j) for every point i, [N]: the kernel normalisation's n_i (computed once, kept)."""
+        if self._total_weight is None:
+            self._total_weight = self.filter(self.barycentric.new_ones(self.num_points, 1))[:, 0]
+        return self._total_weight
+
+    def repeat(self, copies: int) -> "PermutohedralLattice":
+        """The lattice of `copies` copies of these points, each kept apart as a `group` would keep it.
+
+        The vertex ids are those the batched build gives (the group is the key's most significant field),
+        so DenseCRF builds the smoothness lattice, which depends only on the pixel grid, once per image size.
+        """
+        n, d1, m, nnz = self.num_points, self.d + 1, self.num_vertices, self.order.numel()
+        out = object.__new__(PermutohedralLattice)
+        out.num_points, out.d, out.alpha, out.num_vertices = n * copies, self.d, self.alpha, m * copies
+        shift = torch.arange(copies, device=self.offset.device)
+        out.offset = (self.offset[None] + m * shift[:, None, None]).reshape(-1, d1)
+        out.barycentric = self.barycentric.repeat(copies, 1)
+        out.order = (self.order[None] + n * d1 * shift[:, None]).reshape(-1)
+        out.crow = torch.cat([(self.crow[None, :-1] + nnz * shift[:, None]).reshape(-1), self.crow.new_full((1,), nnz * copies)])
+        out.neighbours = [tuple(torch.where(ids >= 0, ids[None] + m * shift[:, None], -1).reshape(-1) for ids in pair)
+                          for pair in self.neighbours]
+        out._total_weight = self.total_weight().repeat(copies)
+        return out
 
     def _find(self, codes: torch.Tensor) -> torch.Tensor:
         """Vertex id of each code, or -1 where the lattice has no such vertex."""
@@ -233,14 +290,6 @@ def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> 
         return torch.sparse_csr_tensor(crow, cols, values, size, check_invariants=False)
 
 
-def _csr_from_rows(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
-    """CSR matrix from triplets without duplicates; a stable sort by row keeps each row's columns in order."""
-    rows, order = torch.sort(rows, stable=True)
-    counts = torch.bincount(rows, minlength=size[0])
-    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return _csr(crow, cols[order], values[order], size)
-
-
 class FusedFilter:
     """sum_k post_k * K_k(pre_k * v) for several lattices over the same N points, as one splat, blur, slice.
 
@@ -248,59 +297,69 @@ class FusedFilter:
     with the per-point scales folded in, and blur direction j only touches the vertices of the lattices
     that have a direction j (a prefix of the stack). This is how mean-field filters with the appearance
     and the smoothness kernel in one pass (Krähenbühl & Koltun 2011, Sec. 4 filter them separately).
+
+    The stacked arrays are kept as they are (`splat_crow`/`splat_points`/`splat_weights`: the splat in CSR
+    form; `slice_vertices`/`slice_weights` [N, K]; `neighbours`: per direction [active, 2], -1 = none) for
+    the Triton kernels of `dlcore.crf.cuda`; calling the filter turns them into sparse matrices once.
     """
 
     def __init__(self, lattices, pre, post):
-        order = sorted(range(len(lattices)), key=lambda k: -lattices[k].d)
-        lattices = [lattices[k] for k in order]
-        pre = [pre[k] for k in order]
-        post = [post[k] for k in order]
-        n = lattices[0].num_points
-        device = lattices[0].offset.device
+        lattices, pre, post = zip(*sorted(zip(lattices, pre, post), key=lambda t: -t[0].d))
+        self.num_points = lattices[0].num_points
         base, total = [], 0
         for lat in lattices:
             base.append(total)
             total += lat.num_vertices
         self.num_vertices = total
-        points = torch.arange(n, device=device)
-        rows = torch.cat([(lat.offset + b).reshape(-1) for lat, b in zip(lattices, base)])
-        cols = torch.cat([points.repeat_interleave(lat.d + 1) for lat in lattices])
-        vals = torch.cat([(lat.barycentric * p[:, None]).reshape(-1) for lat, p in zip(lattices, pre)])
-        self.splat = _csr_from_rows(rows, cols, vals, (total, n))
-        slice_cols = torch.cat([lat.offset + b for lat, b in zip(lattices, base)], 1)
-        slice_vals = torch.cat([lat.barycentric * (lat.alpha * q)[:, None] for lat, q in zip(lattices, post)], 1)
-        slice_cols, order = slice_cols.sort(1)  # sorted columns per row, as sparse backends expect
-        width = slice_cols.shape[1]
-        crow = torch.arange(0, n * width + 1, width, device=device)
-        self.slice = _csr(crow, slice_cols.reshape(-1), slice_vals.gather(1, order).reshape(-1), (n, total))
-        self.blur = []
+        # splat rows come sorted by vertex from each lattice's build; stacking only shifts them
+        crow, points, weights, nnz = [], [], [], 0
+        for lat, p in zip(lattices, pre):
+            point = lat.order // (lat.d + 1)
+            crow.append(lat.crow[:-1] + nnz)
+            points.append(point)
+            weights.append(lat.barycentric.reshape(-1)[lat.order] * p[point])
+            nnz += lat.order.numel()
+        self.splat_crow = torch.cat(crow + [crow[0].new_full((1,), nnz)])
+        self.splat_points, self.splat_weights = torch.cat(points), torch.cat(weights).float()
+        self.slice_vertices = torch.cat([lat.offset + b for lat, b in zip(lattices, base)], 1)
+        self.slice_weights = torch.cat([lat.barycentric * (lat.alpha * q)[:, None] for lat, q in zip(lattices, post)], 1)
+        self.neighbours = []  # direction j: the vertices of the lattices with d >= j, a prefix of the stack
         for axis in range(lattices[0].d + 1):
             active = [(lat, b) for lat, b in zip(lattices, base) if lat.d >= axis]
-            size = sum(lat.num_vertices for lat, _ in active)
-            self.blur.append(self._blur_matrix(axis, active, size))
+            self.neighbours.append(torch.cat([torch.stack([torch.where(n >= 0, n + b, n) for n in lat.neighbours[axis]], 1)
+                                              for lat, b in active]))
+        self._matrices = None
+
+    def matrices(self):
+        """(splat [M, N], blur per direction [active, active], slice [N, M]) as sparse CSR matrices."""
+        if self._matrices is None:
+            n, m = self.num_points, self.num_vertices
+            splat = _csr(self.splat_crow, self.splat_points, self.splat_weights, (m, n))
+            cols, order = self.slice_vertices.sort(1)  # sorted columns per row, as sparse backends expect
+            k = cols.shape[1]
+            crow = torch.arange(0, n * k + 1, k, device=cols.device)
+            slice_ = _csr(crow, cols.reshape(-1), self.slice_weights.gather(1, order).reshape(-1), (n, m))
+            self._matrices = splat, [self._blur_matrix(nbr) for nbr in self.neighbours], slice_
+        return self._matrices
 
     @staticmethod
-    def _blur_matrix(axis: int, active, size: int) -> torch.Tensor:
-        """Sparse [size, size]: v_i + (v_n1 + v_n2) / 2 along direction `axis`; missing neighbours count 0."""
-        cols, vals = [], []
-        for lat, b in active:
-            n1, n2 = lat.neighbours[axis]
-            own = torch.arange(lat.num_vertices, device=n1.device)
-            c = torch.stack([n1, own, n2], 1)
-            c, order = torch.where(c >= 0, c + b, c).sort(1)  # missing (-1) sort first; columns ascending
-            cols.append(c)
-            vals.append(torch.tensor([0.5, 1.0, 0.5], device=c.device).expand_as(c).gather(1, order))
-        cols, vals = torch.cat(cols), torch.cat(vals)
+    def _blur_matrix(neighbours: torch.Tensor) -> torch.Tensor:
+        """Sparse [size, size]: v_i + (v_n1 + v_n2) / 2 along one direction; missing neighbours (-1) count 0."""
+        size = neighbours.shape[0]
+        own = torch.arange(size, device=neighbours.device)
+        cols, order = torch.stack([neighbours[:, 0], own, neighbours[:, 1]], 1).sort(1)  # -1 first; ascending
+        vals = torch.tensor([0.5, 1.0, 0.5], device=cols.device).expand_as(cols).gather(1, order)
         found = cols >= 0
         crow = torch.cat([cols.new_zeros(1), found.sum(1).cumsum(0)])
         return _csr(crow, cols[found], vals[found], (size, size))
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        v = torch.sparse.mm(self.splat, values)
-        for blur in self.blur:
+        splat, blurs, slice_ = self.matrices()
+        v = torch.sparse.mm(splat, values)
+        for blur in blurs:
             active = blur.shape[0]
             if active == self.num_vertices:
                 v = torch.sparse.mm(blur, v)
             else:
                 v = torch.cat([torch.sparse.mm(blur, v[:active]), v[active:]])
-        return torch.sparse.mm(self.slice, v)
+        return torch.sparse.mm(slice_, v)

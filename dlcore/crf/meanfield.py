@@ -32,7 +32,7 @@ def kernel_scales(lattice: PermutohedralLattice, normalization: str) -> tuple[to
     n_i = K 1 (the kernel's total weight at pixel i); symmetric: n^-1/2 K n^-1/2 (default, pydensecrf's
     NORMALIZE_SYMMETRIC); before: K n^-1; after: n^-1 K; none: K as is.
     """
-    norm = lattice.filter(torch.ones(lattice.num_points, 1, device=lattice.offset.device))[:, 0]
+    norm = lattice.total_weight()
     ones = torch.ones_like(norm)
     if normalization == "symmetric":
         s = 1.0 / torch.sqrt(norm + 1e-20)
@@ -46,14 +46,19 @@ def kernel_scales(lattice: PermutohedralLattice, normalization: str) -> tuple[to
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
-def pairwise_filter(lattices, weights, normalization: str) -> FusedFilter:
-    """The message passing step as one operator: Q [N, L] -> sum_k w_k k~_k Q (the Potts reward)."""
+def pairwise_scales(lattices, weights, normalization: str) -> tuple[list, list]:
+    """Per-pixel scales (pre_k, post_k) with w_k folded in, so that sum_k post_k K_k(pre_k Q) = sum_k w_k k~_k Q."""
     pre, post = [], []
     for lattice, w in zip(lattices, weights):
         a, b = kernel_scales(lattice, normalization)
         pre.append(a)
         post.append(b * w)
-    return FusedFilter(lattices, pre, post)
+    return pre, post
+
+
+def pairwise_filter(lattices, weights, normalization: str) -> FusedFilter:
+    """The message passing step as one operator: Q [N, L] -> sum_k w_k k~_k Q (the Potts reward)."""
+    return FusedFilter(lattices, *pairwise_scales(lattices, weights, normalization))
 
 
 def free_energy_terms(q: torch.Tensor, unary: torch.Tensor, message: torch.Tensor) -> dict:

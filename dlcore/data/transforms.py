@@ -9,6 +9,8 @@ parameters apply to both and the label is resized with nearest neighbour (class 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -39,13 +41,17 @@ def normalize(images: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
         raise ValueError(f"normalize takes images [3,H,W] or [B,3,H,W], got shape {tuple(images.shape)}")
     x = images.float()
-    shape = (3, 1, 1)
     if mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(shape)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(shape)
+        mean, std = _channel_constants(IMAGENET_MEAN, x.device), _channel_constants(IMAGENET_STD, x.device)
         return (x / 255.0 - mean) / std
     x = x.flip(-3)  # RGB -> BGR
-    return x - torch.tensor(CAFFE_MEAN_BGR, device=x.device).view(shape)
+    return x - _channel_constants(CAFFE_MEAN_BGR, x.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_constants(values: tuple, device: torch.device) -> torch.Tensor:
+    """[3,1,1] constants, made once per device: a CUDA graph capture (dlcore.predict) may not copy host data."""
+    return torch.tensor(values, device=device).view(3, 1, 1)
 
 
 class JointTransform:
