@@ -67,6 +67,9 @@ class Predictor:
         Both default to "auto" = on for CUDA, off for CPU; True on a CPU raises.
     compile: `torch.compile` the network (CUDA only). cuda_graphs: capture the network stage once per input
         shape in a CUDA graph and replay it, which removes the kernel-launch cost that bounds batch 1.
+    On CUDA the predictor turns on `torch.backends.cudnn.benchmark` (process-wide): cuDNN times its
+    convolution algorithms once per input shape and keeps the fastest (measured on an H100: without it,
+    DeepLab-LargeFOV in bf16 at batch 1 ran 30x slower than in fp32; benchmarks/RESULTS.md).
     The model is moved to the device and put in eval mode in place (batch norm uses its running statistics).
     """
 
