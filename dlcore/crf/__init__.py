@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlcore.crf import cuda
 from dlcore.crf.exact import exact_gaussian_filter, kernels_at
 from dlcore.crf.lattice import PermutohedralLattice, check_lattice_fits, lattice_memory_bytes
 from dlcore.crf.meanfield import NORMALIZATIONS, PROB_FLOOR, kl_divergence, mean_field, pairwise_filter
@@ -70,6 +69,18 @@ def _position_lattice(h: int, w: int, sigma_gamma: float, device, max_memory_byt
         _POSITION_LATTICES[key] = PermutohedralLattice(_pixel_xy(h, w, device)[0] / sigma_gamma,
                                                        max_memory_bytes=max_memory_bytes)
     return _POSITION_LATTICES[key]
+
+
+def _fast_mean_field(unary: torch.Tensor, pairwise, iterations: int) -> torch.Tensor | None:
+    """Mean-field in the Triton kernels of `cuda.py` on a GPU (same update; None elsewhere or without Triton).
+
+    Imported here, not at the top: CPU users never load Triton (0.2 s of import time).
+    """
+    if not unary.is_cuda:
+        return None
+    from dlcore.crf import cuda
+
+    return cuda.mean_field(unary, pairwise, iterations) if cuda.available(unary.device) else None
 
 
 def _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization) -> None:
@@ -156,9 +167,8 @@ class DenseCRF(nn.Module):
         q = probs.float().permute(0, 2, 3, 1).reshape(-1, num_labels)
         unary = -torch.log(q.clamp_min(PROB_FLOOR))
         steps = None if trace is None else []
-        if trace is None and cuda.available(unary.device):
-            q = cuda.mean_field(unary, pairwise, self.iterations)  # the same update in Triton kernels
-        else:
+        q = _fast_mean_field(unary, pairwise, self.iterations) if trace is None else None
+        if q is None:
             q = mean_field(unary, pairwise, self.iterations, steps)
         to_batch = lambda x: x.view(b, h, w, num_labels).permute(0, 3, 1, 2).contiguous().to(probs.dtype)  # noqa: E731
         if trace is not None:
