@@ -243,9 +243,21 @@ def recorded_gpu_results(results_md: str | Path) -> list[dict]:
         fields = {k: _field(body, k) for k in ("date", "machine", "command")}
         machine = fields["machine"] or ""
         if GPU_WORDS.search(machine) and not re.search(r"\bno GPU\b", machine, re.IGNORECASE):
-            table = "\n".join(line for line in body.splitlines() if line.startswith("|"))
+            table = _tables(body)
             found.append({"title": title.strip(), **fields, "table": table})
     return found
+
+
+def _tables(body: str) -> str:
+    """The markdown tables of a section, one blank line between two tables."""
+    blocks, current = [], []
+    for line in body.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    return "\n\n".join(blocks)
 
 
 def _field(body: str, key: str) -> str | None:

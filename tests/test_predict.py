@@ -206,6 +206,9 @@ def test_recorded_gpu_results_keeps_gpu_sections_only(tmp_path):
     assert gpu["title"] == "CRF, GPU" and gpu["date"] == "2026-11-23" and "H100" in gpu["machine"]
     assert gpu["command"] == "python benchmarks/crf.py --device cuda"
     assert gpu["table"].splitlines()[-1] == "| x | 9 |"
+    path.write_text(SECTIONS.replace("| x | 9 |\n", "| x | 9 |\n\nsecond table:\n\n| a |\n|---|\n"))
+    assert recorded_gpu_results(path)[0]["table"].endswith("| x | 9 |\n\n| a |\n|---|")
+    path.write_text(SECTIONS)
     path.write_text(SECTIONS.split("## CRF")[0] + "## models" + SECTIONS.split("## models")[1])
     assert recorded_gpu_results(path) == []
     with pytest.raises(FileNotFoundError, match="RESULTS.md"):
