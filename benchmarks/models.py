@@ -58,14 +58,15 @@ def build(name: str, num_classes: int, width: float) -> nn.Module:
     return build_model(name, num_classes=num_classes, width=width)
 
 
-def forward_fn(name: str, model: nn.Module, device: torch.device, dtype: str, cuda_graphs: bool):
+def forward_fn(name: str, model: nn.Module, device: torch.device, dtype: str, cuda_graphs: bool, compile: bool = False):
     """A callable images uint8 [B,3,H,W] -> scores, on `device`, in `dtype`."""
     cuda = device.type == "cuda"
     if name not in REFERENCES:
         if not cuda:  # the Predictor keeps CPU runs fp32; CPU bf16 is the benchmark's own autocast
             probs = Predictor(model, device=device, crf=False).probs
             return _cpu_autocast(probs) if dtype == "bf16" else probs
-        return Predictor(model, device=device, crf=False, bf16=dtype == "bf16", cuda_graphs=cuda_graphs).probs
+        return Predictor(model, device=device, crf=False, bf16=dtype == "bf16", cuda_graphs=cuda_graphs,
+                         compile=compile).probs
     from dlcore.data.transforms import normalize
 
     model = model.to(device).eval()
@@ -124,7 +125,8 @@ def forward_table(args, preset) -> list[dict]:
 def _measure(models: dict, args, preset, dtypes, batches) -> list[dict]:
     rows = []
     for dtype in dtypes:
-        fns = {name: forward_fn(name, m, args.device, dtype, args.cuda_graphs) for name, m in models.items()}
+        fns = {name: forward_fn(name, m, args.device, dtype, args.cuda_graphs, args.compile)
+               for name, m in models.items()}
         for batch in batches:
             images = random_images(batch, preset["size"], preset["size"], args.device)
             for fn in fns.values():
@@ -146,7 +148,8 @@ def e2e_table(args, preset) -> list[dict]:
     batch = preset["e2e_batch"]
     for name in args.e2e_models:
         model = build(name, args.num_classes, args.width)
-        predictor = Predictor(model, device=args.device, crf={"iterations": 10}, cuda_graphs=args.cuda_graphs)
+        predictor = Predictor(model, device=args.device, crf={"iterations": 10}, cuda_graphs=args.cuda_graphs,
+                              compile=args.compile)
         # a photograph, not noise: on uniform random pixels every pixel is its own colour and the CRF's lattice
         # has ~15x the vertices of a real image's (measured on the H100: ~85 against ~300 images/s)
         images = photo_batch(batch, height, width, args.device)
@@ -190,10 +193,14 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds in which the models take turns, median reported (default 1; --quick: 5)")
     p.add_argument("--e2e-only", action="store_true", help="only the end-to-end rows")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the dlcore models (CUDA; compilation happens in the warm-up calls)")
     p.add_argument("--quick", action="store_true", help="CPU mode: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
     args.device = dlcore.resolve_device(args.device)
     args.cuda_graphs = args.cuda_graphs and args.device.type == "cuda"
+    if args.compile and args.device.type != "cuda":
+        raise SystemExit("--compile needs --device cuda (the Predictor compiles on CUDA only)")
     if args.models is None:
         from dlcore.models import available
 
