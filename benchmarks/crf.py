@@ -40,6 +40,14 @@ def network_like_probs(h: int, w: int, num_labels: int, seed: int = 0) -> np.nda
     return torch.softmax(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False), 1)[0].numpy()
 
 
+def batch_inputs(args, batch: int, device: torch.device):
+    """The photograph and its network-like probabilities, `batch` copies: uint8 [B,3,H,W], [B,L,H,W] on `device`."""
+    image = torch.from_numpy(photo(args.height, args.width)).permute(2, 0, 1)[None]
+    probs = torch.from_numpy(network_like_probs(args.height, args.width, args.labels))[None]
+    return (image.expand(batch, -1, -1, -1).contiguous().to(device),
+            probs.expand(batch, -1, -1, -1).contiguous().to(device))
+
+
 def median_time(fn, repeats: int, sync=lambda: None) -> float:
     times = []
     for _ in range(repeats):
@@ -78,20 +86,19 @@ def bench_cpu(args) -> None:
 
 def bench_cuda(args) -> None:
     device = torch.device("cuda")
-    image, probs = photo(args.height, args.width), network_like_probs(args.height, args.width, args.labels)
-    image_t = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
-    probs_t = torch.from_numpy(probs)[None].to(device)
+    image_t, probs_t = batch_inputs(args, 1, device)
     crf = DenseCRF(**SETTINGS)
     sync = torch.cuda.synchronize
     crf(image_t, probs_t)
     torch.cuda.reset_peak_memory_stats()
     one = median_time(lambda: crf(image_t, probs_t), args.repeats, sync)
     peak = torch.cuda.max_memory_allocated() / 2**20
-    batch_images, batch_probs = image_t.expand(args.batch, -1, -1, -1).contiguous(), probs_t.expand(args.batch, -1, -1, -1).contiguous()
+    batch_images, batch_probs = batch_inputs(args, args.batch, device)
     crf(batch_images, batch_probs)
     batch = median_time(lambda: crf(batch_images, batch_probs), args.repeats, sync)
     print(f"{torch.cuda.get_device_name()}: {one * 1e3:.1f} ms/image (lattice build included), peak {peak:.0f} MiB; "
           f"batch {args.batch}: {args.batch / batch:.0f} images/s")
+    image, probs = photo(args.height, args.width), network_like_probs(args.height, args.width, args.labels)
     try:
         ref = median_time(lambda: pydensecrf_run(image, probs), max(1, args.repeats // 3))
         print(f"pydensecrf2 (CPU, 1 thread): {ref * 1e3:.0f} ms   speed-up {ref / one:.0f}x")
@@ -106,10 +113,7 @@ def bench_phases(args) -> None:
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    image = torch.from_numpy(photo(args.height, args.width)).permute(2, 0, 1)[None]
-    probs = torch.from_numpy(network_like_probs(args.height, args.width, args.labels))[None]
-    images = image.expand(args.batch, -1, -1, -1).contiguous().to(device)
-    probs = probs.expand(args.batch, -1, -1, -1).contiguous().to(device)
+    images, probs = batch_inputs(args, args.batch, device)
     s = SETTINGS
     features = lambda: crf_features(images, s["sigma_alpha"], s["sigma_beta"], s["sigma_gamma"])  # noqa: E731
     appearance, smoothness, group = features()

@@ -95,13 +95,10 @@ def random_images(batch: int, height: int, width: int, device: torch.device) -> 
 
 
 def photo_batch(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """matplotlib's grace_hopper.jpg at height x width, mirrored in every other slot, uint8 [B,3,H,W]."""
-    import matplotlib.cbook
-    import numpy as np
-    from PIL import Image
+    """benchmarks/crf.py's photograph (grace_hopper.jpg) at height x width, mirrored in every other slot."""
+    from crf import photo  # benchmarks/crf.py, beside this script
 
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
-        one = torch.from_numpy(np.array(im.convert("RGB").resize((width, height)))).permute(2, 0, 1)
+    one = torch.from_numpy(photo(height, width)).permute(2, 0, 1)
     return torch.stack([one if i % 2 == 0 else one.flip(-1) for i in range(batch)]).to(device)
 
 
@@ -151,7 +148,7 @@ def e2e_table(args, preset) -> list[dict]:
         predictor = Predictor(model, device=args.device, crf={"iterations": 10}, cuda_graphs=args.cuda_graphs,
                               compile=args.compile)
         # a photograph, not noise: on uniform random pixels every pixel is its own colour and the CRF's lattice
-        # has ~15x the vertices of a real image's (measured on the H100: ~85 against ~300 images/s)
+        # has many times the vertices of a real image's (measured on the H100: 84 against 208 images/s end to end)
         images = photo_batch(batch, height, width, args.device)
         ips = images_per_second(predictor, images, preset.get("e2e_iters", preset["iters"]), preset["warmup"])
         rows.append({"model": name, "batch": batch, "size": f"{width}x{height}", "ips": ips})
