@@ -15,6 +15,8 @@ sigma_beta = 3, w2 = 3, sigma_gamma = 1).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -57,18 +59,10 @@ def crf_features(images: torch.Tensor, sigma_alpha: float, sigma_beta: float, si
     return appearance, smoothness, group
 
 
-_POSITION_LATTICES: dict = {}  # (h, w, sigma_gamma, device) -> the smoothness lattice of one image; a few kept
-
-
-def _position_lattice(h: int, w: int, sigma_gamma: float, device, max_memory_bytes) -> PermutohedralLattice:
+@functools.lru_cache(maxsize=4)
+def _position_lattice(h: int, w: int, sigma_gamma: float, device: torch.device, max_memory_bytes) -> PermutohedralLattice:
     """The smoothness kernel's lattice depends only on the pixel grid: built once per image size and sigma_gamma."""
-    key = (h, w, sigma_gamma, str(device))
-    if key not in _POSITION_LATTICES:
-        if len(_POSITION_LATTICES) >= 4:
-            _POSITION_LATTICES.pop(next(iter(_POSITION_LATTICES)))
-        _POSITION_LATTICES[key] = PermutohedralLattice(_pixel_xy(h, w, device)[0] / sigma_gamma,
-                                                       max_memory_bytes=max_memory_bytes)
-    return _POSITION_LATTICES[key]
+    return PermutohedralLattice(_pixel_xy(h, w, device)[0] / sigma_gamma, max_memory_bytes=max_memory_bytes)
 
 
 def _fast_mean_field(unary: torch.Tensor, pairwise, iterations: int) -> torch.Tensor | None:
