@@ -10,6 +10,7 @@ COMMANDS = {
     "train": ("dlcore.engine", "train a model (synthetic data or PASCAL VOC), with checkpoints and --resume"),
     "eval": ("dlcore.engine", "evaluate a checkpoint: mIoU and the papers' other scores, optional MSC/flip/CRF"),
     "segment": ("dlcore.segment", "segment photographs: VOC-palette label PNG and overlay per image"),
+    "zoo": ("dlcore.zoo", "train the teaching zoo (the models the notebooks load), or list it with its checksums"),
     "figures": ("dlcore.figures", "run every notebook headless and regenerate figures/"),
     "download": ("dlcore.data.download", "download PASCAL VOC 2012 / SBD (needs internet; never run by tests)"),
     "crf-search": ("dlcore.protocol", "cross-validate the CRF's w1, sigma_alpha, sigma_beta on held-out images"),

@@ -31,10 +31,15 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+# Widths above this are refused: channel counts (and memory) grow as width**2, and width 8 already asks for
+# about 64 x the papers' parameters (VGG-16 DeepLab: ~1.3 G); anything larger is a typo, not an experiment.
+MAX_WIDTH = 8.0
+
+
 def check_width(width) -> float:
-    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not width > 0:
-        raise ValueError(f"width must be a number > 0 (1.0 = the papers' channel counts, 0.25 for CPU runs), "
-                         f"got {width!r}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not 0 < width <= MAX_WIDTH:
+        raise ValueError(f"width must be a number > 0 and <= {MAX_WIDTH:g} (1.0 = the papers' channel counts, "
+                         f"0.25 for CPU runs), got {width!r}")
     return float(width)
 
 
@@ -146,14 +151,17 @@ class ResNet101(nn.Module):
         super().__init__()
         import torchvision
 
-        if output_stride not in (8, 16):
-            raise ValueError(f"output_stride must be 8 or 16 for ResNet-101 (DeepLab v2), got {output_stride!r}")
-        dilate = [False, output_stride == 8, True]  # layer2, layer3, layer4
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8 or 16 for ResNet-101 (DeepLab v2; 32 = the ImageNet "
+                             f"classifier), got {output_stride!r}")
+        dilate = [False, output_stride == 8, output_stride < 32]  # layer2, layer3, layer4
         with torch.device("meta"):
             net = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=dilate)
         _rebuild(net, width, _init_like_torchvision)
         for stage in (net.layer3, net.layer4):  # block 0 at the stage's rate too (DeepLab's Caffe model)
             rate = stage[1].conv2.dilation
+            if rate == (1, 1):
+                continue
             stage[0].conv2.dilation, stage[0].conv2.padding = rate, rate
         if not isinstance(caffe, bool):
             raise ValueError(f"caffe must be True or False, got {caffe!r}")
@@ -184,9 +192,13 @@ class ResNet101(nn.Module):
                     m.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def low_level(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and layer1..layer3: what the teaching zoo keeps frozen (it trains layer4 and the head)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.low_level(x))
 
 
 # ------------------------------------------------------------------------------------ torchvision weights

@@ -1,8 +1,9 @@
 """Checkpoints: one file per run (`last.pt`) holding everything a resumed run needs to continue bit for bit.
 
-    save_checkpoint(path, **state)        atomic write (temporary file in the same folder, then os.replace)
+    save_checkpoint(path, **state)        atomic write (dlcore.io.atomic_write: temporary, fsync, os.replace)
     load_checkpoint(path) -> dict         torch.load(weights_only=True); clear errors for missing/corrupt files
-    load_model(checkpoint, name=None)     rebuild the network with dlcore.models.build_model from the stored meta
+    load_model(checkpoint, name=None)     rebuild the network with dlcore.models.build_model from the stored meta,
+                                          after checking the meta, finite weights and their shapes
 
 A training checkpoint (written by `dlcore.engine.train`) holds
 
@@ -19,7 +20,8 @@ Only tensors and plain Python values are stored, so `weights_only=True` (no arbi
 
 from __future__ import annotations
 
-import os
+import math
+import numbers
 import random
 from pathlib import Path
 
@@ -34,16 +36,9 @@ _RECREATE = "re-create it with `python -m dlcore train ...` (or dlcore.engine.sa
 
 def save_checkpoint(path, **state) -> Path:
     """Write `state` to `path` atomically: a killed process leaves the previous file intact, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"  # same folder: os.replace is then an atomic rename
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from dlcore.io import atomic_write
+
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
 
 
 def load_checkpoint(path) -> dict:
@@ -83,25 +78,89 @@ def _plain_options(options: dict) -> dict:
             if k != "weights" and (v is None or isinstance(v, (bool, int, float, str, list, tuple, dict)))}
 
 
+# The keyword arguments a checkpoint's meta["crf"] may hold (dlcore.crf.DenseCRF's).
+CRF_KEYS = ("iterations", "w1", "sigma_alpha", "sigma_beta", "w2", "sigma_gamma", "normalization", "max_memory_bytes")
+
+
+def check_meta(meta, where: str = "") -> dict:
+    """The meta of a checkpoint, its types checked (a hand-edited or foreign file gives a ValueError, not a
+    TypeError deep inside build_model)."""
+    meta = {} if meta is None else meta
+    bad = lambda what: ValueError(f"checkpoint{where} has a malformed meta: {what}; {_RECREATE}")  # noqa: E731
+    if not isinstance(meta, dict):
+        raise bad(f"a {type(meta).__name__}, not a dict")
+    if meta.get("name") is not None and not isinstance(meta["name"], str):
+        raise bad(f"name {meta['name']!r} is not a str")
+    nc = meta.get("num_classes")
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, numbers.Integral) or nc < 1):
+        raise bad(f"num_classes {nc!r} is not an integer >= 1")
+    width = meta.get("width")
+    if width is not None and (isinstance(width, bool) or not isinstance(width, numbers.Real)
+                              or not math.isfinite(width) or width <= 0):
+        raise bad(f"width {width!r} is not a finite number > 0")
+    if not isinstance(meta.get("options") or {}, dict):
+        raise bad(f"options {meta['options']!r} is not a dict of build_model options")
+    crf = meta.get("crf")
+    if crf is not None and not isinstance(crf, (bool, dict)):
+        raise bad(f"crf {crf!r} is not a dict of DenseCRF parameters")
+    if isinstance(crf, dict) and set(crf) - set(CRF_KEYS):
+        raise bad(f"crf has unknown key(s) {sorted(set(crf) - set(CRF_KEYS))}; DenseCRF takes {list(CRF_KEYS)}")
+    return meta
+
+
+def check_finite(state_dict: dict, where: str = "") -> None:
+    """Refuse NaN / Inf weights: such a network predicts one class everywhere and looks like a trained one."""
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"checkpoint{where} holds NaN or Inf values in {key}: the run that wrote it diverged "
+                             "(lower the learning rate) or the file was damaged; use an earlier checkpoint or retrain")
+
+
+def _check_shapes(state_dict: dict, name: str, kwargs: dict, options: dict, where: str) -> None:
+    """Compare the weights' shapes with the network the meta describes, built on the meta device (no memory),
+    so a meta with a wrong width or class count is refused before gigabytes are allocated for it."""
+    from dlcore.models import build_model
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(name, **kwargs, **options).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state_dict.items() if torch.is_tensor(v)}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and want[k] != have[k]]
+    if missing or unexpected or wrong:
+        detail = (f"{wrong[0]} is {have[wrong[0]]} in the weights but {want[wrong[0]]} in that network" if wrong else
+                  f"{len(missing)} weight(s) missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+        raise ValueError(f"checkpoint{where}: its weights do not fit {name} built with {kwargs} {options} as its "
+                         f"meta says ({detail}); the meta's width / num_classes / options are not those of its "
+                         f"weights. {_RECREATE}")
+
+
 def load_model(checkpoint_or_path, name: str | None = None, device="cpu") -> nn.Module:
     """Rebuild the network a checkpoint was trained as (dlcore.models.build_model from its meta) with its weights.
 
     `name`, when given, must be the checkpoint's model: ValueError "checkpoint is for model A, not B" otherwise.
-    Returns the model on `device`, in eval mode.
+    Checked before any memory is spent on the network: the meta's types, that every weight is finite, and that
+    the weights' shapes are those of the network the meta describes. Returns the model on `device`, in eval mode.
     """
     from dlcore.models import build_model
 
     state = checkpoint_or_path if isinstance(checkpoint_or_path, dict) else load_checkpoint(checkpoint_or_path)
     where = "" if isinstance(checkpoint_or_path, dict) else f" {checkpoint_or_path}"
-    meta = state.get("meta") or {}
+    meta = check_meta(state.get("meta"), where)
     if not meta.get("name"):
         raise ValueError(f"checkpoint{where} records no model name (meta['name']), so it cannot be rebuilt; "
                          "build the model yourself and load_state_dict(load_checkpoint(path)['model'])")
     if name is not None and name != meta["name"]:
         raise ValueError(f"checkpoint{where} is for model {meta['name']}, not {name}; "
                          f"pass --model {meta['name']} (or leave --model out)")
+    device = parse_device(device)
     options = dict(meta.get("options") or {})
     kwargs = {k: meta[k] for k in ("num_classes", "width") if meta.get(k) is not None}
+    check_finite(state["model"], where)
+    try:
+        _check_shapes(state["model"], meta["name"], kwargs, options, where)
+    except TypeError as e:  # an option build_model does not take
+        raise ValueError(f"checkpoint{where} records options {options} that {meta['name']} does not take ({e}); "
+                         f"{_RECREATE}") from None
     model = build_model(meta["name"], **kwargs, **options)
     try:
         model.load_state_dict(state["model"])
@@ -109,9 +168,27 @@ def load_model(checkpoint_or_path, name: str | None = None, device="cpu") -> nn.
         first = " ".join(str(e).split())[:300]
         raise ValueError(f"checkpoint{where} does not fit {meta['name']} built with {kwargs} {options} ({first}); "
                          f"{_RECREATE}") from None
+    return model.to(device).eval()
+
+
+def parse_device(device) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' (or a torch.device) -> torch.device; ValueError naming the choices."""
     from dlcore import resolve_device
 
-    return model.to(resolve_device(device) if isinstance(device, str) else torch.device(device)).eval()
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return resolve_device(str(device))
+    except RuntimeError:  # torch's own message lists ~20 backends; name the ones dlcore runs on
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (--device)") from None
+
+
+def check_num_classes(checkpoint: dict, num_classes: int, description: str) -> None:
+    """One check for every command that scores a checkpoint on a dataset (eval, crf-search): same class count."""
+    predicts = (checkpoint.get("meta") or {}).get("num_classes")
+    if predicts is not None and predicts != num_classes:
+        raise ValueError(f"the checkpoint predicts {predicts} classes, the {description} data has {num_classes}; "
+                         "evaluate on the data it was trained for (--data / --root)")
 
 
 # ---------------------------------------------------------------------------------------------------- RNG states

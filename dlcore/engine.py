@@ -225,6 +225,10 @@ def _check_train_args(dataset, steps, batch_size, lr, power, checkpoint_dir, che
         raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {checkpoint_every}")
     if (checkpoint_every or resume) and checkpoint_dir is None:
         raise ValueError("checkpoint_every / resume need checkpoint_dir (where last.pt lives)")
+    if checkpoint_dir is not None:  # a file there would fail only at the first checkpoint, after the steps
+        from dlcore.io import check_output_dir
+
+        check_output_dir(checkpoint_dir, "checkpoint_dir (--checkpoint-dir)")
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
 
@@ -238,10 +242,19 @@ def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module) -> d
         raise ValueError(f"cannot resume {path} with a different schedule ({'; '.join(changed)}); "
                          "use the run's original settings, or another checkpoint dir for a new run")
     old, new = (state.get("meta") or {}), meta
+    if not isinstance(old, dict):
+        raise ValueError(f"cannot resume {path}: its meta is a {type(old).__name__}, not a dict")
     for key in ("name", "num_classes", "width", "options"):
         if old.get(key) != new.get(key):
             raise ValueError(f"cannot resume {path}: it was trained as {key}={old.get(key)!r}, "
                              f"this model has {key}={new.get(key)!r}; resume with the same model")
+    # The data too (CLI: --data/--root/--split/--size and the number of items): other data is another run.
+    # Checked where the checkpoint records it (older checkpoints may not record train_items).
+    for key in ("data", "train_items"):
+        if key in old and old.get(key) != new.get(key):
+            raise ValueError(f"cannot resume {path}: it was trained on {key}={old.get(key)!r}, this run has "
+                             f"{key}={new.get(key)!r}; resume with the run's original data options "
+                             "(--size, --n-train, --root, --split), or use another checkpoint dir for a new run")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -515,13 +528,17 @@ def evaluate(model: nn.Module, dataset, num_classes: int, *, device="cpu", norma
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def _error(e: Exception) -> int:
-    """One line on stderr, exit code 2: what went wrong and how to fix it, no traceback."""
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
+def _error(command: str, e: BaseException, args=None) -> int:
+    """One line on stderr, `python -m dlcore COMMAND: problem; fix`; exit 2 for bad input, 1 for a failure while
+    running; --debug re-raises (dlcore.io.command_error)."""
+    from dlcore.io import command_error
+
+    return command_error(command, e, args)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from dlcore.io import add_debug_argument
+
     p.add_argument("--model", required=True, help="network name (dlcore.models.available())")
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic",
                    help="training data (default synthetic)")
@@ -547,10 +564,47 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint every N steps (default 100; 0 = at the end only)")
     p.add_argument("--resume", action="store_true", help="continue the run in --checkpoint-dir where it stopped")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the sample order")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model init, the synthetic data and the sample order (default 0)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loader processes (default 0 for synthetic, min(8, CPUs) for VOC)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(p)
+
+
+def open_voc(root, split: str):
+    """VOCSegmentation, with a split list that is not text named (Python's UnicodeDecodeError names no file)."""
+    from dlcore.data import VOCSegmentation
+
+    try:
+        return VOCSegmentation(root, split=split)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the list of VOC split {split!r} under {root} (ImageSets/Segmentation/{split}.txt) is not "
+                         f"a text file ({e.reason} at byte {e.start}); restore it from the VOC archive") from None
+
+
+class _CheckedLabels(Dataset):
+    """A VOC dataset whose every mask is checked to hold classes 0..C-1 or void 255, naming the file otherwise
+    (cross_entropy would say only "Target 37 is out of bounds", from deep inside the training step)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.num_classes = dataset.num_classes
+        self.class_names = getattr(dataset, "class_names", None)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image, mask = self.dataset[i]
+        values = torch.unique(torch.as_tensor(mask))
+        bad = values[(values != IGNORE_INDEX) & ((values < 0) | (values >= self.num_classes))]
+        if len(bad):
+            paths = getattr(self.dataset, "paths", None)
+            where = paths(i)[1] if callable(paths) else f"item {i}"
+            raise ValueError(f"label file {where} holds value(s) {bad.tolist()[:5]}, but the classes are "
+                             f"0..{self.num_classes - 1} (255 = void); fix or remove that label file")
+        return image, mask
 
 
 def _train_data(args):
@@ -562,12 +616,10 @@ def _train_data(args):
         dataset = SyntheticScenes("train", n=args.n_train, size=args.size, seed=args.seed)
         info = {"data": "synthetic", "size": args.size, "seed": args.seed}
     else:
-        from dlcore.data import VOCSegmentation
-
         if not args.root:
             raise ValueError("--data voc needs --root DIR (the folder holding VOCdevkit/VOC2012); "
                              "get it with `python -m dlcore download voc --root DIR`")
-        dataset = VOCSegmentation(args.root, split=args.split)
+        dataset = _CheckedLabels(open_voc(args.root, args.split))
         info = {"data": "voc", "root": str(args.root)}
     crop = args.crop if args.crop is not None else (321 if args.data == "voc" else None)
     transform = None if crop is None else transforms.train_transform(crop=crop)
@@ -575,25 +627,37 @@ def _train_data(args):
 
 
 def run_train(args) -> int:
+    try:
+        return _run_train(args)
+    except KeyboardInterrupt:
+        print(f"python -m dlcore train: interrupted; continue from the last checkpoint with the same command and "
+              f"--resume ({args.checkpoint_dir}/last.pt)", file=sys.stderr)
+        return 130
+    except Exception as e:
+        return _error("train", e, args)
+
+
+def _run_train(args) -> int:
+    from dlcore.checkpoint import parse_device
+    from dlcore.io import check_output_dir, clean_stale_temporaries
     from dlcore.models import build_model
 
-    try:
-        dataset, transform, info = _train_data(args)
-        options = {k: v for k, v in (("output_stride", args.output_stride), ("weights", args.weights)) if v is not None}
-        model = build_model(args.model, num_classes=dataset.num_classes, width=args.width, **options)
-        workers = args.num_workers if args.num_workers is not None else (0 if args.data == "synthetic"
-                                                                          else min(8, os.cpu_count() or 1))
-        result = train(model, dataset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                       normalize=args.normalize, checkpoint_dir=args.checkpoint_dir,
-                       checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
-                       num_workers=workers, progress=not args.no_progress, transform=transform,
-                       meta={"data": info})
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        return _error(e)
-    except KeyboardInterrupt:
-        print(f"interrupted; continue from the last checkpoint with the same command and --resume "
-              f"({args.checkpoint_dir}/last.pt)", file=sys.stderr)
-        return 130
+    # the cheap checks first: a typo must not cost a data set build or a model
+    parse_device(args.device)
+    check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes last.pt; other nodes cannot see its PIDs
+        clean_stale_temporaries(Path(args.checkpoint_dir) / "last.pt")  # what a killed run's checkpoint write left
+    dataset, transform, info = _train_data(args)
+    options = {k: v for k, v in (("output_stride", args.output_stride), ("weights", args.weights)) if v is not None}
+    torch.manual_seed(args.seed)  # the init too: the same command gives the same weights
+    model = build_model(args.model, num_classes=dataset.num_classes, width=args.width, **options)
+    workers = args.num_workers if args.num_workers is not None else (0 if args.data == "synthetic"
+                                                                      else min(8, os.cpu_count() or 1))
+    result = train(model, dataset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,
+                   normalize=args.normalize, checkpoint_dir=args.checkpoint_dir,
+                   checkpoint_every=args.checkpoint_every, resume=args.resume, seed=args.seed,
+                   num_workers=workers, progress=not args.no_progress, transform=transform,
+                   meta={"data": info, "train_items": len(dataset)})
     if int(os.environ.get("RANK", "0")) == 0:
         loss = "n/a" if result["loss"] is None else f"{result['loss']:.4f}"
         print(f"{args.model}: step {result['step']}/{result['steps']}, loss {loss}, checkpoint {result['checkpoint']}")
@@ -601,6 +665,8 @@ def run_train(args) -> int:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from dlcore.io import add_debug_argument
+
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. build/run/last.pt)")
     p.add_argument("--model", default=None, help="expected network name (checked against the checkpoint)")
     p.add_argument("--data", choices=("synthetic", "voc"), default=None,
@@ -617,9 +683,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the scores to OUT as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(p)
 
 
 def _eval_data(args, trained_on: dict):
+    trained_on = trained_on if isinstance(trained_on, dict) else {}
     data = args.data or trained_on.get("data", "synthetic")
     if data == "synthetic":
         from dlcore.data import SyntheticScenes
@@ -627,12 +695,10 @@ def _eval_data(args, trained_on: dict):
         size = args.size or trained_on.get("size", 128)
         seed = args.seed if args.seed is not None else trained_on.get("seed", 0)
         return SyntheticScenes(args.split, n=args.n_val, size=size, seed=seed), f"synthetic {args.split}"
-    from dlcore.data import VOCSegmentation
-
     root = args.root or trained_on.get("root")
     if not root:
         raise ValueError("--data voc needs --root DIR (the folder holding VOCdevkit/VOC2012)")
-    return VOCSegmentation(root, split=args.split), f"VOC {args.split}"
+    return open_voc(root, args.split), f"VOC {args.split}"
 
 
 def format_scores(scores: dict, class_names=None) -> str:
@@ -648,11 +714,10 @@ def format_scores(scores: dict, class_names=None) -> str:
 
 
 def _write_json(path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    from dlcore.io import atomic_write
+
+    text = (json.dumps(payload, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _eval_crf(on: bool, meta: dict):
@@ -662,18 +727,31 @@ def _eval_crf(on: bool, meta: dict):
 
 def run_eval(args) -> int:
     try:
-        state = load_checkpoint(args.checkpoint)
-        model = load_model(state, name=args.model, device=args.device)
-        meta = state.get("meta") or {}
-        dataset, description = _eval_data(args, meta.get("data") or {})
-        if meta.get("num_classes") not in (None, dataset.num_classes):
-            raise ValueError(f"the checkpoint predicts {meta['num_classes']} classes, the {description} data has "
-                             f"{dataset.num_classes}; evaluate on the data it was trained for")
-        scores = evaluate(model, dataset, dataset.num_classes, device=args.device,
-                          normalize=meta.get("normalize", "imagenet"), scales=args.scales, flip=args.flip,
-                          crf=_eval_crf(args.crf, meta), batch_size=args.batch_size, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        return _error(e)
+        return _run_eval(args)
+    except Exception as e:
+        return _error("eval", e, args)
+
+
+def _run_eval(args) -> int:
+    from dlcore.checkpoint import check_num_classes, parse_device
+    from dlcore.io import check_output_file
+
+    parse_device(args.device)
+    _check_scales(args.scales)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.json:  # before the evaluation, not after minutes of it
+        if Path(args.json).resolve() == Path(args.checkpoint).resolve():
+            raise ValueError(f"--json {args.json} is the checkpoint being evaluated; write the scores to another file")
+        check_output_file(args.json, "--json")
+    state = load_checkpoint(args.checkpoint)
+    model = load_model(state, name=args.model, device=args.device)
+    meta = state.get("meta") or {}
+    dataset, description = _eval_data(args, meta.get("data") or {})
+    check_num_classes(state, dataset.num_classes, description)
+    scores = evaluate(model, dataset, dataset.num_classes, device=args.device,
+                      normalize=meta.get("normalize", "imagenet"), scales=args.scales, flip=args.flip,
+                      crf=_eval_crf(args.crf, meta), batch_size=args.batch_size, progress=not args.no_progress)
     names = getattr(dataset, "class_names", None)
     print(f"{meta.get('name')} ({args.checkpoint}, step {state.get('step')}) on {description} ({len(dataset)} images); "
           f"scales {' '.join(f'{s:g}' for s in args.scales)}, flip {'on' if args.flip else 'off'}, "

@@ -13,7 +13,7 @@ from torch import nn
 
 from dlcore.backbones import bilinear_kernel, scaled
 
-__all__ = ["FCNHead", "bilinear_upsampler", "DeepLabV1Head", "msc_mlp", "ASPP", "vgg_branch", "resnet_branch"]
+__all__ = ["convolutionalize", "FCNHead", "bilinear_upsampler", "DeepLabV1Head", "msc_mlp", "ASPP", "vgg_branch", "resnet_branch"]
 
 
 def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
@@ -37,6 +37,26 @@ def _zero(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 # ------------------------------------------------------------------------------------------------------ FCN
+
+def convolutionalize(fc: nn.Linear, in_channels: int, kernel_size: int) -> nn.Conv2d:
+    """FCN §3.1: a fully connected layer on a C x k x k input is a k x k convolution with the same weights.
+
+    Run on a larger input, the convolution evaluates the classifier at every k x k window (stride 1) in one
+    pass, which is what makes a classification net "fully convolutional".
+    """
+    if fc.in_features != in_channels * kernel_size * kernel_size:
+        raise ValueError(
+            f"a Linear with {fc.in_features} inputs cannot read a {in_channels} x {kernel_size} x {kernel_size} "
+            f"window ({in_channels * kernel_size ** 2} values); pass the in_channels and kernel_size it was trained on"
+        )
+    conv = nn.Conv2d(in_channels, fc.out_features, kernel_size, bias=fc.bias is not None)
+    with torch.no_grad():
+        # nn.Flatten on [C,k,k] is channel-major, the same order as Conv2d's weight [out, C, k, k].
+        conv.weight.copy_(fc.weight.view(fc.out_features, in_channels, kernel_size, kernel_size))
+        if fc.bias is not None:
+            conv.bias.copy_(fc.bias)
+    return conv
+
 
 def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
     """FCN Sec. 3.3: in-network upsampling, a transposed convolution of stride f initialised to bilinear.

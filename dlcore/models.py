@@ -99,13 +99,20 @@ class MSC(DeepLab):
 
     def forward(self, x: torch.Tensor):
         size = x.shape[-2:]
-        maps = [self.scores(x if s == 1.0 else _resize(x, [max(1, round(n * s)) for n in size]))
-                for s in self.scales]
+        return self.fuse([self.scores(x if s == 1.0 else scaled_input(x, s)) for s in self.scales], size)
+
+    def fuse(self, maps: list[torch.Tensor], size) -> torch.Tensor | list[torch.Tensor]:
+        """The score maps of `scales` -> the fused logits at `size` (eval), or [fused, *maps] at `size` (train)."""
         ref = maps[self.scales.index(1.0)] if 1.0 in self.scales else maps[self.scales.index(max(self.scales))]
         fused = torch.stack([_resize(m, ref.shape[-2:]) for m in maps]).amax(0)
         if not self.training:
             return _resize(fused, size)
         return [_resize(m, size) for m in (fused, *maps)]
+
+
+def scaled_input(x: torch.Tensor, s: float) -> torch.Tensor:
+    """The (normalized) image resized bilinearly by `s`, as MSC feeds it (the Caffe Interp layer)."""
+    return _resize(x, [max(1, round(n * s)) for n in x.shape[-2:]])
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -202,6 +209,17 @@ def available() -> list[str]:
     return list(_BUILDERS)
 
 
+def _check_input(model: nn.Module, args) -> None:
+    """Forward pre-hook: the network's input must be normalized images float [B,3,H,W]; say so in its terms
+    rather than with torch's message from deep inside a convolution (or FCN's crop: "too many indices")."""
+    x = args[0] if args else None
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"{getattr(model, 'name', 'the model')} takes normalized RGB images float [B,3,H,W], got "
+                         f"{got}; add a batch axis with x[None], make grey/RGBA images RGB, and convert uint8 images "
+                         "with dlcore.data.transforms.normalize(images)")
+
+
 def build_model(name: str, num_classes: int = 21, width: float = 1.0, **options) -> nn.Module:
     """Build a network of the papers by name (see `available()`).
 
@@ -223,6 +241,7 @@ def build_model(name: str, num_classes: int = 21, width: float = 1.0, **options)
     builder, rest = _BUILDERS[name]
     model, kept = builder(rest, int(num_classes), width, options)
     model.name, model.num_classes, model.width, model.options = name, int(num_classes), width, kept
+    model.register_forward_pre_hook(_check_input)
     if weights is not None:
         if width != 1.0:
             raise ValueError(f"weights={weights!r} needs width=1.0: ImageNet weights fit the papers' channel counts "

@@ -225,6 +225,27 @@ def activation_megabytes(model: nn.Module, x: torch.Tensor) -> float:
     return total / 2**20
 
 
+@torch.inference_mode()
+def conv_gmacs(model: nn.Module, x: torch.Tensor) -> float:
+    """Multiply-adds (in G) of every nn.Conv2d of one forward pass of `model` on `x`: a machine-independent
+    measure of the cost that DeepLab v1 Table 2's training speeds report (a training step is ~3x a forward)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        k = module.weight.shape[1] * module.weight[0, 0].numel()  # inputs per output value (groups included)
+        total += output.numel() * k
+
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles = [m.register_forward_hook(count) for m in convs]
+    try:
+        model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total / 1e9
+
+
 GPU_WORDS = re.compile(r"\b(H100|H200|A100|V100|L4|L40S?|RTX|GPU|CUDA)\b", re.IGNORECASE)
 
 

@@ -393,29 +393,42 @@ def add_crf_search_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=10, help="mean-field iterations (papers: 10)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from dlcore.io import add_debug_argument
+
+    add_debug_argument(parser)
 
 
 def run_crf_search(args) -> int:
-    import sys
-
-    from dlcore.engine import load_checkpoint, load_model
+    from dlcore.io import command_error
 
     try:
-        if args.data == "voc":
-            if not args.root:
-                raise ValueError("--data voc needs --root DIR (the folder holding VOCdevkit/VOC2012)")
-            from dlcore.data import VOCSegmentation
+        return _run_crf_search(args)
+    except Exception as e:  # one line, exit 2 for bad input, 1 for a failure while running (docs/reliability.md)
+        return command_error("crf-search", e, args)
 
-            dataset = VOCSegmentation(args.root, split=args.split)
-        else:
-            from dlcore.data import SyntheticScenes
 
-            dataset = SyntheticScenes(split="val", n=args.n_heldout, size=args.size)
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = load_model(checkpoint, name=args.model, device="cpu")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"crf-search: {e}", file=sys.stderr)
-        return 2
+def _run_crf_search(args) -> int:
+    from dlcore.checkpoint import check_num_classes, parse_device
+    from dlcore.crf import DenseCRF
+    from dlcore.engine import load_checkpoint, load_model, open_voc
+
+    # the arguments first, before any data or network is loaded
+    parse_device(args.device)
+    if args.n_heldout < 1:
+        raise ValueError(f"--n-heldout must be >= 1 held-out image (papers: 100), got {args.n_heldout}")
+    for a, b, c in itertools.product(args.w1, args.sigma_alpha, args.sigma_beta):
+        DenseCRF(args.iterations, w1=a, sigma_alpha=b, sigma_beta=c, w2=args.w2, sigma_gamma=args.sigma_gamma)
+    if args.data == "voc":
+        if not args.root:
+            raise ValueError("--data voc needs --root DIR (the folder holding VOCdevkit/VOC2012)")
+        dataset, description = open_voc(args.root, args.split), f"VOC {args.split}"
+    else:
+        from dlcore.data import SyntheticScenes
+
+        dataset, description = SyntheticScenes(split="val", n=args.n_heldout, size=args.size), "synthetic val"
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = load_model(checkpoint, name=args.model, device="cpu")
+    check_num_classes(checkpoint, dataset.num_classes, description)  # the same check as eval
     result = crf_search(model, dataset, n_heldout=args.n_heldout, w1=args.w1, sigma_alpha=args.sigma_alpha,
                         sigma_beta=args.sigma_beta, w2=args.w2, sigma_gamma=args.sigma_gamma,
                         iterations=args.iterations, device=args.device, normalize=checkpoint_normalize(checkpoint),

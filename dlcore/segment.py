@@ -14,15 +14,17 @@ longer side exceeds --max-side (1024 by default) the image is scaled down (antia
 interpolation (labels are categories, never blended). The DCNN's output is itself 8x coarser than its input,
 so this costs little accuracy for photographs, and it bounds the memory the network and the CRF need.
 
-Everything is checked before anything is written: all inputs exist and decode, the checkpoint reads and is
-for the model named. A problem gives one line on stderr and exit code 2, with no output written. Each output
-file is written atomically (temporary file, then rename).
+Everything is checked before anything is written: all inputs exist and decode (16-bit images are scaled
+from 0..65535 to 0..255; floating-point images are refused: their range is unknown), no output would overwrite
+an input or another output, --out is a writable folder, --alpha, --max-side and --device are valid, and the
+checkpoint reads, holds finite weights and is for the model named. A problem gives one line on stderr and exit
+code 2, with no output written (docs/reliability.md). Each output file is written atomically
+(`dlcore.io.atomic_write`: temporary file, fsync, rename).
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,20 +85,82 @@ def segment_image(predictor, image, max_side: int = 1024):
     return labels.cpu().numpy()
 
 
-def _save_image_atomic(array: np.ndarray, path: Path) -> None:
+def read_photo(path):
+    """An image file -> uint8 tensor [3,H,W] RGB, EXIF orientation applied (as `dlcore.data.read_image`), and
+    also the images that PIL's convert("RGB") would silently spoil: 16-bit grey (PIL clips it to 255, white)
+    is scaled by its range, 0..65535 -> 0..255; floating-point ("F", all black) and 32-bit integer images are
+    refused, since their range is not known. A decompression bomb is refused with the image's size."""
+    import torch
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phones store rotation in EXIF, not in the pixels
+            if im.mode.startswith("I;16") or im.mode == "I":
+                grey = np.asarray(im).astype(np.int64)
+                if im.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
+                    raise ValueError(f"image {path} holds 32-bit integer pixels ({grey.min()}..{grey.max()}); "
+                                     "convert it to an 8-bit RGB image first")
+                # 16-bit: scale the full range, as a viewer shows it (65535 = white), not clip it
+                array = np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=-1)
+            elif im.mode == "F":
+                raise ValueError(f"image {path} holds floating-point pixels (mode F), whose range dlcore cannot "
+                                 "know; convert it to 8-bit RGB first, e.g. (x - x.min()) / (x.max() - x.min()) * 255")
+            else:
+                array = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image {path} is too large to decode safely ({exc}); shrink it first "
+                         "(--max-side resizes only after decoding)") from None
+    except (OSError, SyntaxError) as exc:  # PIL raises these for truncated / non-image files
+        raise ValueError(f"cannot read image {path}: {exc}; is it a complete JPEG/PNG file?") from None
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def plan_outputs(paths, out, overlay_format: str, also_read=()) -> list[tuple[Path, Path, Path]]:
+    """(input, label PNG, overlay) per image; ValueError if an output would be an input, or two outputs one file.
+
+    Checked on resolved paths, before anything is written: `segment DIR --out DIR` must not replace DIR/a.png
+    with its labels, and `a.png` beside `a_overlay.jpg` must not make two outputs share `a_overlay.png`.
+    `also_read`: other files the run reads (the checkpoint), protected the same way.
+    """
+    out = Path(out)
+    inputs = {Path(p).resolve(): Path(p) for p in [*paths, *also_read]}
+    written: dict[Path, Path] = {}
+    plan = []
+    for p in paths:
+        targets = (out / f"{p.stem}.png", out / f"{p.stem}_overlay.{overlay_format}")
+        for target in targets:
+            key = target.resolve()
+            if key in inputs:
+                raise ValueError(f"{target} would overwrite the input {inputs[key]}; write to an --out folder "
+                                 "that holds no input images")
+            if key in written:
+                raise ValueError(f"{written[key]} and {p} would both write {target}; rename one of them or run "
+                                 "them with different --out folders")
+            written[key] = p
+        plan.append((p, *targets))
+    return plan
+
+
+def _image_writer(array: np.ndarray, path: Path, palette: bool = False):
+    """A write_fn for atomic_write: the array as PNG (palette: VOC label PNG) or JPEG, by the path's suffix."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from dlcore.data.palette import VOC_PALETTE
+
+    image = Image.fromarray(array.astype(np.uint8), mode="P" if palette else None)
+    if palette:
+        image.putpalette(VOC_PALETTE.tobytes())
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    try:
-        Image.fromarray(array).save(tmp, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return lambda f: image.save(f, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
 
 
 def add_segment_arguments(parser) -> None:
+    from dlcore.io import add_debug_argument
+
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     parser.add_argument("--model", default=None,
                         help="model name; checked against the checkpoint (default: the checkpoint's model)")
@@ -108,48 +172,62 @@ def add_segment_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=1024,
                         help="resize so the longer side is at most this many pixels; labels resized back (nearest)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours, 0..1")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(parser)
 
 
 def _prepare(args):
-    """Every check that can fail on the inputs, before any output exists: -> (paths, checkpoint, model)."""
-    from dlcore.checkpoint import load_checkpoint, load_model
-    from dlcore.data import read_image
+    """Every check that can fail on the inputs, before any output exists: -> (plan, checkpoint, model).
 
-    paths = collect_images(args.inputs)
+    The cheap checks (arguments, paths) come first, so a typo is reported before the model loads.
+    """
+    from dlcore.checkpoint import load_checkpoint, load_model, parse_device
+    from dlcore.io import check_output_dir
+
+    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        raise ValueError(f"--alpha must be an opacity in [0, 1] (0 = photo only, 1 = labels only), got {args.alpha}")
     fit_max_side(1, 1, args.max_side)
+    parse_device(args.device)
+    paths = collect_images(args.inputs)
+    plan = plan_outputs(paths, args.out, args.overlay_format, also_read=[args.checkpoint])
+    check_output_dir(args.out, "--out")
+    for p in paths:  # decode every image once now, so a bad one stops the run before anything is written
+        read_photo(p)
     checkpoint = load_checkpoint(args.checkpoint)
     model = load_model(checkpoint, name=args.model, device="cpu")
-    for p in paths:  # decode every image once now, so a corrupt one stops the run before anything is written
-        read_image(p)
-    return paths, checkpoint, model
+    if model.num_classes > 256:
+        raise ValueError(f"the checkpoint predicts {model.num_classes} classes; a label PNG holds at most 256 (0..255)")
+    return plan, checkpoint, model
 
 
 def run_segment(args) -> int:
+    from dlcore.io import atomic_write, command_error
+
+    try:
+        return _segment(args, atomic_write)
+    except Exception as e:  # the CLI convention: one line, exit 2 for bad input, 1 for a failure while running
+        return command_error("segment", e, args)
+
+
+def _segment(args, atomic_write) -> int:
     from tqdm.auto import tqdm
 
-    from dlcore.data import read_image
-    from dlcore.data.palette import save_label_png
     from dlcore.predict import Predictor
     from dlcore.protocol import checkpoint_normalize
     from dlcore.viz import overlay
 
-    try:
-        paths, checkpoint, model = _prepare(args)
-        crf = (checkpoint.get("meta", {}).get("crf") or True) if args.crf else False
-        predictor = Predictor(model, device=args.device, crf=crf, normalize=checkpoint_normalize(checkpoint))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"segment: {e}", file=sys.stderr)
-        return 2
+    plan, checkpoint, model = _prepare(args)
+    crf = (checkpoint.get("meta", {}).get("crf") or True) if args.crf else False
+    predictor = Predictor(model, device=args.device, crf=crf, normalize=checkpoint_normalize(checkpoint))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for p in tqdm(paths, desc="segment", unit="image", disable=args.no_progress):
-        image = read_image(p)
+    for p, label_path, overlay_path in tqdm(plan, desc="segment", unit="image", disable=args.no_progress):
+        image = read_photo(p)
         labels = segment_image(predictor, image, args.max_side)
-        save_label_png(labels, out / f"{p.stem}.png")
+        atomic_write(label_path, _image_writer(labels, label_path, palette=True))
         blend = overlay(image.permute(1, 2, 0).numpy(), labels, alpha=args.alpha)
-        _save_image_atomic(blend, out / f"{p.stem}_overlay.{args.overlay_format}")
-    print(f"segment: {len(paths)} image(s) -> {out}/ (<stem>.png labels, <stem>_overlay.{args.overlay_format})")
+        atomic_write(overlay_path, _image_writer(blend, overlay_path))
+    print(f"segment: {len(plan)} image(s) -> {out}/ (<stem>.png labels, <stem>_overlay.{args.overlay_format})")
     return 0

@@ -70,3 +70,65 @@ def show_widget(make):
     widget = make()
     display(widget)
     return widget
+
+
+def show(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
+    """Save `fig` as `fig_dir/name.png` (see `savefig`) and display it where it was made (then close it), so a
+    student running the notebook sees every figure the notebook saves."""
+    import matplotlib.pyplot as plt
+
+    path = savefig(fig, name, fig_dir)
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# Distinct colours for SyntheticScenes' 11 classes (the VOC palette draws several of them in dark reds).
+SCENE_COLOURS = np.array([
+    [0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [40, 90, 160], [240, 50, 230], [170, 110, 40],
+], dtype=np.uint8)
+
+
+def colour_labels(labels, ignore_index: int = 255) -> np.ndarray:
+    """uint8 [H,W,3] colouring of SyntheticScenes labels [H,W] with `SCENE_COLOURS`; void shows white."""
+    labels = np.asarray(labels)
+    out = SCENE_COLOURS[np.where(labels == ignore_index, 0, labels).clip(0, len(SCENE_COLOURS) - 1)]
+    out[labels == ignore_index] = 255
+    return out
+
+
+def segmentation_grid(images, columns: dict, class_names, *, ground_truth=None, size: float = 2.2):
+    """A figure with one row per image: image | ground truth | one label map per entry of `columns`
+    ({title: labels [N,H,W]}), side by side, and one class legend for the classes shown."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    images = [np.asarray(im.permute(1, 2, 0) if hasattr(im, "permute") else im) for im in images]
+    maps = ({"ground truth": ground_truth} if ground_truth is not None else {}) | columns
+    n, k = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(n, k, figsize=(size * k, size * n + 0.6), squeeze=False)
+    seen = set()
+    for r in range(n):
+        axes[r, 0].imshow(images[r])
+        for c, (title, labels) in enumerate(maps.items(), start=1):
+            lab = np.asarray(labels[r])
+            seen |= set(np.unique(lab[lab != 255]).tolist())
+            axes[r, c].imshow(colour_labels(lab), interpolation="nearest")
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=10)
+        if r == 0:
+            axes[r, 0].set_title("image", fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([]); ax.set_yticks([])
+    handles = [Patch(color=SCENE_COLOURS[i] / 255, label=class_names[i]) for i in sorted(seen)]
+    handles.append(Patch(facecolor="white", edgecolor="0.5", label="void"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (size * n + 0.6) + 0.02, 1, 1))
+    return fig

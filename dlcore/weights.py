@@ -32,9 +32,8 @@ checkpoints written here record `normalize="caffe"` and `eval` / `segment` / `pr
 
 from __future__ import annotations
 
-import os
+import math
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +124,8 @@ def _read_blob(buf, start: int, end: int) -> np.ndarray:
     if shape is None:
         # Legacy blobs are 4-D (num, channels, height, width); InnerProduct weights are (1, 1, out, in).
         shape = [legacy.get(i, 0) for i in (1, 2, 3, 4)] if legacy else [0]
-    data = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
-    n = int(np.prod(shape)) if shape else 1
+    data = np.concatenate(chunks) if len(chunks) > 1 else chunks[0] if chunks else np.zeros(0, np.float32)
+    n = math.prod(shape)  # Python ints: np.prod wraps around at 2^64 (a [2^32, 2^32] blob would "hold" 0 values)
     if data.size != n:
         raise _Truncated(f"a blob holds {data.size} values for shape {tuple(shape)} ({n} expected)")
     return data.astype(np.float32).reshape(shape)  # astype copies: the arrays do not pin the file's bytes
@@ -230,15 +229,9 @@ def write_caffemodel(path, layers, **options) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from dlcore.io import atomic_write
+
+    atomic_write(path, lambda f: f.write(data))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,6 +366,9 @@ def _fit(blob: np.ndarray, param, caffe: str, i: int, target: str):
     import torch
 
     want = tuple(param.shape)
+    if not np.isfinite(blob).all():  # a NaN weight gives one class everywhere, with no error at all
+        raise ValueError(f"caffe layer {caffe!r} blob {i} holds NaN or Inf values; the file is damaged or from a "
+                         "diverged run: download it again")
     if blob.shape != want:
         if blob.size != int(np.prod(want)) or _strip_ones(blob.shape) != _strip_ones(want):
             raise ValueError(f"caffe layer {caffe!r} blob {i} has shape {blob.shape}, but dlcore parameter {target} "
@@ -539,14 +535,31 @@ def add_import_caffe_arguments(parser) -> None:
     parser.add_argument("--freeze-bn", action="store_true", help="ResNet-101 models: batch norm frozen when fine-tuned")
     parser.add_argument("--width", type=float, default=1.0,
                         help="channel width (1.0 for the published models; smaller only for test files)")
+    from dlcore.io import add_debug_argument
+
+    add_debug_argument(parser)
 
 
 def run_import_caffe(args) -> int:
-    import sys
+    from dlcore.io import command_error
 
+    try:
+        return _run_import_caffe(args)
+    except Exception as e:  # one line, exit 2 for bad input, 1 for a failure while running (docs/reliability.md)
+        return command_error("import-caffe", e, args)
+
+
+def _run_import_caffe(args) -> int:
     from dlcore.checkpoint import checkpoint_meta, save_checkpoint
+    from dlcore.io import check_output_file
     from dlcore.models import build_model
 
+    # the output first: it must not be the input (that would replace the caffemodel), nor a folder
+    source, out = Path(args.caffemodel), Path(args.out)
+    if out.resolve() == source.resolve():
+        raise ValueError(f"--out {out} is the input caffemodel itself; write the checkpoint to another file "
+                         f"(e.g. {source.with_suffix('.pt')})")
+    check_output_file(out, "--out")
     options = {}
     if args.output_stride is not None:
         options["output_stride"] = args.output_stride
@@ -554,18 +567,17 @@ def run_import_caffe(args) -> int:
         options["freeze_bn"] = True
     if "resnet101" in args.model:
         options["caffe"] = True  # the released weights were trained with Caffe's strides and pool1
+    layers = read_caffemodel(source)  # read (and checked) before the network is built
+    model = build_model(args.model, num_classes=args.num_classes, width=args.width, **options)
     try:
-        model = build_model(args.model, num_classes=args.num_classes, width=args.width, **options)
-        report = import_caffe(model, read_caffemodel(args.caffemodel), dataset=args.dataset,
-                              backbone_only=args.backbone_only)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"import-caffe: {e}", file=sys.stderr)
-        return 2
+        report = import_caffe(model, layers, dataset=args.dataset, backbone_only=args.backbone_only)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     meta = checkpoint_meta(model, normalize="caffe", meta={
-        "source": f"caffe:{Path(args.caffemodel).name}", "data": {"data": "voc"},
+        "source": f"caffe:{source.name}", "data": {"data": "voc"},
         "crf": paper_crf(args.model), "backbone_only": bool(args.backbone_only)})
-    save_checkpoint(args.out, model=model.state_dict(), step=0, meta=meta)
-    print(f"import-caffe: {report['layers']} Caffe layers ({report['parameters'] / 1e6:.1f}M values) -> {args.out} "
+    save_checkpoint(out, model=model.state_dict(), step=0, meta=meta)
+    print(f"import-caffe: {report['layers']} Caffe layers ({report['parameters'] / 1e6:.1f}M values) -> {out} "
           f"({args.model}, {args.num_classes} classes, BGR Caffe-mean input: normalize='caffe')")
     if report["skipped"]:
         print(f"  skipped {len(report['skipped'])} MSC shared-weight copies (*_res075, *_res05)")

@@ -252,7 +252,7 @@ def test_freeze_bn_keeps_batch_norm_fixed_in_training():
 # ---------------------------------------------------------------------------------- torchvision weights
 
 def test_subsample_fc_decimates_like_deeplab_and_convolutionalizes_like_fcn():
-    from dlcore.experiments import convolutionalize
+    from dlcore.heads import convolutionalize
 
     torch.manual_seed(0)
     fc = nn.Linear(2 * 7 * 7, 8)
@@ -262,7 +262,7 @@ def test_subsample_fc_decimates_like_deeplab_and_convolutionalizes_like_fcn():
     assert torch.equal(ws, w[::4][:, :, [0, 3, 6]][:, :, :, [0, 3, 6]]) and torch.equal(bs, fc.bias[::4])
     w4, _ = subsample_fc(fc.weight, fc.bias, nn.Conv2d(2, 8, 4), in_kernel=7)
     assert torch.equal(w4, w[:, :, [0, 2, 4, 6]][:, :, :, [0, 2, 4, 6]])
-    # at full size: FCN's exact convolutionalization (the same as dlcore.experiments.convolutionalize)
+    # at full size: FCN's exact convolutionalization (the same as dlcore.heads.convolutionalize)
     wf, bf = subsample_fc(fc.weight, fc.bias, nn.Conv2d(2, 8, 7), in_kernel=7)
     conv = convolutionalize(fc, 2, 7)
     assert torch.equal(wf, conv.weight) and torch.equal(bf, conv.bias)
@@ -388,3 +388,23 @@ def test_caffe_resnet_layout_strides_the_1x1_and_keeps_the_weights():
         assert caffe.scores(x).shape[-1] == 9 and plain.eval().scores(x).shape[-1] == 9  # both output stride 8
     with pytest.raises(ValueError, match="caffe must be True or False"):
         build_model("deeplab-v2-resnet101-largefov", num_classes=3, width=0.0625, caffe="yes")
+
+
+# ---------------------------------------------------------------------------------- convolutionalization (FCN Sec. 3.1)
+
+def test_convolutionalized_classifier_equals_sliding_window():
+    torch.manual_seed(0)
+    c, k = 3, 5
+    fc = nn.Linear(c * k * k, 4)
+    conv = __import__('dlcore.heads').heads.convolutionalize(fc, c, k)
+    x = torch.randn(1, c, 9, 11)
+    dense = conv(x)  # [1, 4, 5, 7]: the classifier at every window, in one pass
+    for i in range(x.shape[2] - k + 1):
+        for j in range(x.shape[3] - k + 1):
+            window = x[:, :, i:i + k, j:j + k].flatten(1)
+            torch.testing.assert_close(dense[:, :, i, j], fc(window))
+
+
+def test_convolutionalize_rejects_wrong_window():
+    with pytest.raises(ValueError, match="cannot read"):
+        __import__('dlcore.heads').heads.convolutionalize(nn.Linear(10, 2), 3, 2)

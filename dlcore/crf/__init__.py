@@ -16,6 +16,8 @@ sigma_beta = 3, w2 = 3, sigma_gamma = 1).
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import numpy as np
 import torch
@@ -77,17 +79,39 @@ def _fast_mean_field(unary: torch.Tensor, pairwise, iterations: int) -> torch.Te
     return cuda.mean_field(unary, pairwise, iterations) if cuda.available(unary.device) else None
 
 
-def _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization) -> None:
-    if int(iterations) != iterations or iterations < 0:
-        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+# Kernel widths below this are refused: the lattice coordinates are feature / sigma, and for pixel
+# coordinates (up to ~1e5) or colours (up to 255) a smaller sigma overflows the lattice's 62-bit keys and float32
+# (measured: NaN Q from about 1e-17). Any sigma well below 1 already means no smoothing along that feature.
+MIN_SIGMA = 1e-6
+# Kernel weights above this in size are refused: the papers use 3 to 5, and w times the pairwise sums over an
+# image's pixels must stay inside float32 (max 3.4e38; w1 = 1e300 or w2 = 1e39 gave an all-NaN Q).
+MAX_WEIGHT = 1e12
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization,
+                  max_memory_bytes=None) -> None:
+    """Every parameter checked for type and range, so a bad one is a ValueError naming it, before any work."""
+    if not _is_number(iterations) or not math.isfinite(iterations) or int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0 (the papers: 10), got {iterations!r}")
     for name, sigma in (("sigma_alpha", sigma_alpha), ("sigma_beta", sigma_beta), ("sigma_gamma", sigma_gamma)):
-        if not sigma > 0:
-            raise ValueError(f"{name} must be > 0 (a kernel width), got {sigma!r}")
+        if not _is_number(sigma) or not math.isfinite(sigma) or not sigma > 0:
+            raise ValueError(f"{name} must be a finite number > 0 (a kernel width), got {sigma!r}")
+        if sigma < MIN_SIGMA:
+            raise ValueError(f"{name} = {sigma!r} is below {MIN_SIGMA:g}: the lattice coordinates (feature / "
+                             f"{name}) would overflow; use a width of at least {MIN_SIGMA:g} (the papers: 1 to 121)")
     for name, w in (("w1", w1), ("w2", w2)):
-        if not np.isfinite(w):
-            raise ValueError(f"{name} must be a finite kernel weight, got {w!r}")
+        if not _is_number(w) or not math.isfinite(w) or abs(w) > MAX_WEIGHT:
+            raise ValueError(f"{name} must be a finite kernel weight with |{name}| <= {MAX_WEIGHT:g} (larger ones "
+                             f"overflow float32 in the pairwise term; the papers use 3 to 5), got {w!r}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if max_memory_bytes is not None and (not _is_number(max_memory_bytes) or not max_memory_bytes > 0):
+        raise ValueError(f"max_memory_bytes must be None (the device's free memory) or a number of bytes > 0, "
+                         f"got {max_memory_bytes!r}")
 
 
 def _check_batch(images: torch.Tensor, probs: torch.Tensor) -> None:
@@ -107,14 +131,18 @@ def _check_batch(images: torch.Tensor, probs: torch.Tensor) -> None:
             f"image and probs differ in size: image {tuple(images.shape)} vs probs {tuple(probs.shape)}; "
             "upsample the network's probabilities to the image size first (bilinear, as DeepLab does)"
         )
+    if probs.shape[2] == 0 or probs.shape[3] == 0:
+        raise ValueError(f"the image is empty ({probs.shape[2]} x {probs.shape[3]} pixels); a CRF needs at least one pixel")
     if not probs.is_floating_point():
         raise ValueError(f"probs must be floating point probabilities (softmax output), got dtype {probs.dtype}")
     if not torch.isfinite(probs).all():
         raise ValueError("probs contain NaN or Inf; pass softmax probabilities, not raw logits or log-probabilities")
     if (probs < 0).any():
         raise ValueError("probs contain negative values; pass softmax probabilities, not logits (use torch.softmax)")
-    total = probs.sum(1)
-    if ((total - 1).abs() > _SUM_TOL).any():
+    # Summed in float32, against the rounding of the dtype given: bfloat16 holds a probability to 2^-8 of itself,
+    # so a bf16 softmax sums to 1 only within ~0.004 (its eps, 2^-7, bounds that).
+    total = probs.float().sum(1)
+    if ((total - 1).abs() > max(_SUM_TOL, torch.finfo(probs.dtype).eps)).any():
         worst = float((total - 1).abs().max())
         raise ValueError(
             f"probs must sum to 1 over the label axis (axis 0 of [L,H,W], 1 of [B,L,H,W]); off by up to {worst:.3g}. "
@@ -133,7 +161,7 @@ class DenseCRF(nn.Module):
                  w2: float = 3.0, sigma_gamma: float = 3.0, normalization: str = "symmetric",
                  max_memory_bytes: int | None = None):
         super().__init__()
-        _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization)
+        _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization, max_memory_bytes)
         self.iterations = int(iterations)
         self.w1, self.sigma_alpha, self.sigma_beta = float(w1), float(sigma_alpha), float(sigma_beta)
         self.w2, self.sigma_gamma = float(w2), float(sigma_gamma)
@@ -146,12 +174,14 @@ class DenseCRF(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None = None) -> torch.Tensor:
+        if probs.ndim == 4 and self.iterations:  # from the shapes alone, before the value checks' temporaries
+            check_lattice_fits(probs.shape[0] * probs.shape[2] * probs.shape[3], 5, probs.shape[1], probs.device,
+                               self.max_memory_bytes)
         _check_batch(images, probs)
         if self.iterations == 0:
             return probs
         images = images.to(probs.device)
         b, num_labels, h, w = probs.shape
-        check_lattice_fits(b * h * w, 5, num_labels, probs.device, self.max_memory_bytes)
         appearance, _, group = crf_features(images, self.sigma_alpha, self.sigma_beta, self.sigma_gamma)
         # the smoothness kernel sees only the pixel grid: its lattice is built once per image size
         position = _position_lattice(h, w, self.sigma_gamma, probs.device, self.max_memory_bytes)
@@ -165,6 +195,10 @@ class DenseCRF(nn.Module):
         if q is None:
             q = mean_field(unary, pairwise, self.iterations, steps)
         to_batch = lambda x: x.view(b, h, w, num_labels).permute(0, 3, 1, 2).contiguous().to(probs.dtype)  # noqa: E731
+        if not torch.isfinite(q).all():  # never hand back NaN as if it were a refined distribution
+            raise FloatingPointError(f"the CRF produced NaN / Inf (w1={self.w1:g}, sigma_alpha={self.sigma_alpha:g}, "
+                                     f"sigma_beta={self.sigma_beta:g}, w2={self.w2:g}, sigma_gamma={self.sigma_gamma:g}); "
+                                     "use kernel widths and weights nearer the papers' (DEEPLAB_V1_LARGEFOV)")
         if trace is not None:
             trace.extend({**step, "q": to_batch(step["q"])} for step in steps)
         return to_batch(q)
@@ -181,7 +215,13 @@ def dense_crf(image, probs, iterations: int = 10, *, w1: float = 4.0, sigma_alph
     "before", "after" or "none". `trace`: a list that receives, for Q_0..Q_T, {"iteration", "q" [L,H,W],
     "kl" (as pydensecrf's klDivergence), "energy", "entropy"}. Zero iterations return `probs` unchanged.
     """
-    _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization)
+    _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization, max_memory_bytes)
+    if trace is not None and not isinstance(trace, list):
+        raise ValueError(f"trace must be None or a list to fill with the mean-field steps, got {type(trace).__name__}")
+    if np.ndim(probs) == 3 and iterations:  # the lattice estimate from the shapes alone: before any copy or check
+        device = probs.device if torch.is_tensor(probs) else torch.device("cpu")
+        num_labels, h, w = probs.shape
+        check_lattice_fits(h * w, 5, num_labels, device, max_memory_bytes)
     as_numpy = isinstance(probs, np.ndarray)
     probs_t = torch.from_numpy(np.ascontiguousarray(probs)) if as_numpy else probs
     image_t = torch.from_numpy(np.array(image)) if isinstance(image, np.ndarray) else torch.as_tensor(image)
@@ -199,3 +239,9 @@ def dense_crf(image, probs, iterations: int = 10, *, w1: float = 4.0, sigma_alph
     if trace is not None:  # each step's Q [L,H,W] of the same kind as the result
         trace.extend({**step, "q": step["q"][0].numpy() if as_numpy else step["q"][0]} for step in steps)
     return q.numpy() if as_numpy else q
+
+
+# The trainable CRF (CRF as RNN, Zheng et al. 2015): imported last, as learnable.py uses the helpers above.
+from dlcore.crf.learnable import LearnableCRF  # noqa: E402
+
+__all__ += ["LearnableCRF"]

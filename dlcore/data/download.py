@@ -12,13 +12,15 @@ DeepLab authors distribute them); `VOCSegmentation(DIR, "trainaug")` then derive
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
-import sys
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -101,15 +103,86 @@ def _check_name(dest: Path, name: str, archive) -> None:
         raise ValueError(f"{archive}: refusing member {name!r}: it resolves outside {dest}")
 
 
+def _follow(name: str, links: dict[str, str], follow_last: bool) -> str | None:
+    """Where `name` (relative to the destination) lands once the archive's symlinks written before it are
+    followed, as the file system will follow them; None when that leaves the destination.
+
+    A lexical check alone passes chains such as `a -> .`, `b -> a/..`, `b/X`: `b` looks like `.`, but on disk
+    `a/..` is the destination's parent, and `X` would be written beside it.
+    """
+    parts, resolved, hops = list(PurePosixPath(name).parts), [], 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return None
+            resolved.pop()
+            continue
+        here = "/".join(resolved + [part])
+        if here in links and (parts or follow_last):
+            hops += 1
+            target = links[here]
+            if hops > 40 or PurePosixPath(target).is_absolute():  # a loop, or a link out of the tree
+                return None
+            parts = list(PurePosixPath(target).parts) + parts  # relative to the link's folder, `resolved`
+            continue
+        resolved.append(part)
+    return "/".join(resolved)
+
+
+def _check_tar_members(members, dest: Path, archive) -> None:
+    """Refuse the whole archive if any member, followed through the links before it, would land outside dest."""
+    links: dict[str, str] = {}
+    for m in members:
+        _check_name(dest, m.name, archive)
+        if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+            raise ValueError(f"{archive}: refusing device/FIFO member {m.name!r}")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise ValueError(f"{archive}: refusing member {m.name!r} of unsupported type")
+        where = _follow(m.name, links, follow_last=False)
+        if where is None or not _inside(dest, where):
+            raise ValueError(f"{archive}: refusing member {m.name!r}: through the links before it, it lands "
+                             f"outside {dest}")
+        if m.issym():
+            parent = PurePosixPath(where).parent.as_posix()
+            target = None if PurePosixPath(m.linkname).is_absolute() else \
+                _follow(f"{parent}/{m.linkname}", links, follow_last=True)
+            if target is None or not _inside(dest, target):
+                raise ValueError(f"{archive}: refusing symlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
+            links[where] = m.linkname
+        else:
+            links.pop(where, None)  # a file or folder written over a link replaces it
+        if m.islnk():
+            target = None if PurePosixPath(m.linkname).is_absolute() else _follow(m.linkname, links, True)
+            if target is None or ".." in PurePosixPath(m.linkname).parts or not _inside(dest, target):
+                raise ValueError(f"{archive}: refusing hardlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
+
+
+_DAMAGED = "is truncated or damaged ({}); delete it and download it again"
+
+
 def safe_extract(archive, dest) -> list[str]:
     """Unpack a tar (any compression) or zip into `dest`; returns the member names.
 
-    Everything is checked before anything is written: a member with an absolute path or `..`, a symlink or
-    hardlink whose target lies outside `dest`, or a device / FIFO raises ValueError and nothing is extracted.
+    Everything is checked before anything is written: a member with an absolute path or `..`, a member that
+    the archive's own symlinks (chains included) would carry outside `dest`, a symlink or hardlink whose target
+    lies outside it, or a device / FIFO raises ValueError and nothing is extracted. A truncated or damaged
+    archive is a ValueError too (tarfile / zlib / zipfile raise several other kinds).
     """
     archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise FileNotFoundError(f"archive {archive} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
+    try:
+        return _extract(archive, dest)
+    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError) as e:
+        raise ValueError(f"{archive} " + _DAMAGED.format(f"{type(e).__name__}: {e}")) from None
+
+
+def _extract(archive: Path, dest: Path) -> list[str]:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             infos = z.infolist()
@@ -123,21 +196,8 @@ def safe_extract(archive, dest) -> list[str]:
     if not tarfile.is_tarfile(archive):
         raise ValueError(f"{archive} is neither a tar nor a zip archive; delete it and download it again")
     with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for m in members:
-            _check_name(dest, m.name, archive)
-            if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
-                raise ValueError(f"{archive}: refusing device/FIFO member {m.name!r}")
-            if m.issym():
-                link = (Path(m.name).parent / m.linkname).as_posix()
-                if PurePosixPath(m.linkname).is_absolute() or not _inside(dest, link):
-                    raise ValueError(f"{archive}: refusing symlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
-            if m.islnk():
-                if PurePosixPath(m.linkname).is_absolute() or ".." in PurePosixPath(m.linkname).parts \
-                        or not _inside(dest, m.linkname):
-                    raise ValueError(f"{archive}: refusing hardlink {m.name!r} -> {m.linkname!r}: points outside {dest}")
-            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-                raise ValueError(f"{archive}: refusing member {m.name!r} of unsupported type")
+        members = tar.getmembers()  # reads every header: a truncated archive fails here, before any write
+        _check_tar_members(members, dest, archive)
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # belt and braces on new Pythons
         tar.extractall(dest, members=members, **kwargs)
         return [m.name for m in members]
@@ -168,14 +228,17 @@ def add_download_arguments(parser) -> None:
     voc.add_argument("--sbd", action="store_true", help="also fetch SegmentationClassAug (SBD, for split trainaug)")
     voc.add_argument("--keep", action="store_true", help="keep the downloaded archives after unpacking")
     voc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    voc.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
 
 
 def run_download(args) -> int:
+    from dlcore.io import command_error
+
     try:
         voc = download_voc(args.root, sbd=args.sbd, keep=args.keep, progress=not args.no_progress)
-    except (OSError, ValueError) as exc:  # network errors are OSErrors (URLError)
-        print(f"download failed: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # one line (docs/reliability.md); --debug shows the traceback
+        command_error("download", exc, args)
+        return 1  # every download problem arises while running: the network, a checksum, a damaged archive
     print(f"PASCAL VOC 2012 is in {voc}; use VOCSegmentation({str(args.root)!r}, split='train'|'val'"
           + ("|'trainaug'" if args.sbd else "") + ")")
     return 0

@@ -1,0 +1,474 @@
+"""Issue 15: bad inputs give one clear error before any work, never lost data or a silently wrong result.
+
+One table of bad inputs per command. Each case asserts the exception type (or exit code) and that the message
+names the problem. CLI cases also assert the convention of docs/reliability.md: one line on stderr,
+`python -m dlcore CMD: problem; fix`, exit 2 for bad input, no traceback (unless --debug).
+All fixtures are tiny and written here; nothing downloads.
+"""
+
+import io
+import os
+import struct
+import tarfile
+import time
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcore.__main__ import main
+from dlcore.checkpoint import checkpoint_meta, load_checkpoint, load_model, save_checkpoint
+from dlcore.crf import DenseCRF, dense_crf
+from dlcore.models import build_model
+
+torch.set_num_threads(1)
+MODEL = "deeplab-v1-largefov"
+W = 0.0625
+TINY = ["--width", str(W), "--size", "32", "--n-train", "4", "--batch-size", "2", "--device", "cpu",
+        "--no-progress", "--checkpoint-every", "0"]
+
+
+def one_line(capsys, command: str) -> str:
+    """The error convention: a single stderr line naming the command, no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"python -m dlcore {command}: "), err
+    return err
+
+
+def _photo(path, size=(20, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A 21-class (VOC) checkpoint of a tiny DeepLab-LargeFOV."""
+    torch.manual_seed(0)
+    model = build_model(MODEL, width=W)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.pt", model=model.state_dict(), step=0,
+                           meta=checkpoint_meta(model))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished 1-step synthetic training run (CLI), for resume and eval cases."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(out)]) == 0
+    return out
+
+
+def _segment(*args):
+    return main(["segment", *map(str, args), "--no-progress"])
+
+
+# ================================================================================ 1. no input overwritten
+
+def test_segment_refuses_to_overwrite_an_input(tmp_path, ckpt, capsys):
+    photo = _photo(tmp_path / "photo.png")
+    before = photo.read_bytes()
+    assert _segment(tmp_path, "--checkpoint", ckpt, "--out", tmp_path) == 2
+    err = one_line(capsys, "segment")
+    assert "would overwrite the input" in err and "photo.png" in err
+    assert photo.read_bytes() == before
+
+
+def test_segment_refuses_outputs_that_share_a_name(tmp_path, ckpt, capsys):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    _photo(photos / "a.png")
+    _photo(photos / "a_overlay.jpg", seed=1)
+    out = tmp_path / "out"
+    assert _segment(photos, "--checkpoint", ckpt, "--out", out, "--overlay-format", "png") == 2
+    err = one_line(capsys, "segment")
+    assert "a.png" in err and "a_overlay.jpg" in err and "would both write" in err and "a_overlay.png" in err
+    assert not out.exists()  # checked before anything is written
+
+
+def test_import_caffe_refuses_to_overwrite_its_input(tmp_path, capsys):
+    model_file = tmp_path / "m.caffemodel"
+    model_file.write_bytes(b"the published weights")
+    assert main(["import-caffe", str(model_file), "--model", MODEL, "--out", str(model_file)]) == 2
+    assert "is the input caffemodel itself" in one_line(capsys, "import-caffe")
+    assert model_file.read_bytes() == b"the published weights"
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    assert main(["import-caffe", str(model_file), "--model", MODEL, "--out", str(folder)]) == 2
+    assert "is a folder" in one_line(capsys, "import-caffe")
+
+
+# ================================================================================ 2. images read right
+
+def test_16_bit_images_are_scaled_by_their_range(tmp_path, ckpt):
+    from dlcore.segment import read_photo
+
+    grey = np.linspace(0, 65535, 20 * 16).reshape(16, 20).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    image = read_photo(tmp_path / "deep.png")
+    assert image.dtype == torch.uint8 and image.shape == (3, 16, 20)
+    expected = np.round(grey.astype(np.float64) * 255 / 65535)
+    assert np.abs(image[0].numpy().astype(np.float64) - expected).max() <= 0.5 + 1e-9
+    assert abs(float(image.float().mean()) - 127.5) < 1  # not clipped to white (PIL's convert: mean ~254.8)
+    assert _segment(tmp_path / "deep.png", "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
+
+
+def test_float_images_are_refused(tmp_path, ckpt, capsys):
+    Image.fromarray(np.full((16, 20), 0.5, np.float32)).save(tmp_path / "float.tif")
+    assert _segment(tmp_path / "float.tif", "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    err = one_line(capsys, "segment")
+    assert "float.tif" in err and "floating-point" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _png_claiming(path, width, height):
+    """A tiny PNG whose header claims width x height pixels (valid CRCs), as a decompression bomb does."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_is_one_line(tmp_path, ckpt, capsys):
+    bomb = _png_claiming(tmp_path / "bomb.png", 30000, 30000)
+    assert _segment(bomb, "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    err = one_line(capsys, "segment")
+    assert "bomb.png" in err and "too large" in err
+
+
+# ================================================================================ 3. no NaN results
+
+@pytest.fixture(scope="module")
+def crf_inputs():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    probs = rng.random((3, 12, 14)).astype(np.float32)
+    return image, probs / probs.sum(0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    # overflowing kernel widths and weights (gave an all-NaN Q)
+    (dict(sigma_alpha=1e-20), "sigma_alpha"), (dict(sigma_beta=1e-30), "sigma_beta"),
+    (dict(sigma_gamma=1e-30), "sigma_gamma"), (dict(w1=1e300), "w1"), (dict(w2=1e39), "w2"),
+    (dict(sigma_alpha=float("nan")), "sigma_alpha"), (dict(w1=float("inf")), "w1"),
+    # raw TypeError / OverflowError / AttributeError before
+    (dict(iterations=None), "iterations"), (dict(iterations=float("nan")), "iterations"),
+    (dict(iterations=float("inf")), "iterations"), (dict(iterations=-3), "iterations"),
+    (dict(w1="4"), "w1"), (dict(max_memory_bytes="x"), "max_memory_bytes"), (dict(trace=5), "trace"),
+    (dict(normalization="both"), "normalization"),
+])
+def test_dense_crf_refuses_bad_parameters(crf_inputs, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dense_crf(*crf_inputs, **kwargs)
+
+
+def test_dense_crf_checks_q_is_finite(crf_inputs, monkeypatch):
+    import dlcore.crf
+
+    monkeypatch.setattr(dlcore.crf, "mean_field", lambda unary, *a, **k: torch.full_like(unary, float("nan")))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        dense_crf(*crf_inputs, trace=[])  # trace: the pure-torch mean-field path
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path, capsys):
+    model = build_model(MODEL, width=W)
+    state = model.state_dict()
+    state["head.fc8.weight"][0, 0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.pt", model=state, step=0, meta=checkpoint_meta(model))
+    with pytest.raises(ValueError, match="NaN or Inf values in head.fc8.weight"):
+        load_model(path)
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", path, "--out", tmp_path / "out", "--crf") == 2
+    assert "NaN or Inf" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
+
+
+def test_non_finite_caffe_weights_are_refused(tmp_path, capsys):
+    from dlcore.weights import export_caffe, write_caffemodel
+
+    layers = export_caffe(build_model(MODEL, width=W))
+    layers[0][2][0][0, 0, 0, 0] = np.nan  # conv1_1's weight
+    path = write_caffemodel(tmp_path / "nan.caffemodel", layers)
+    out = tmp_path / "nan.pt"
+    assert main(["import-caffe", str(path), "--model", MODEL, "--out", str(out), "--width", str(W)]) == 2
+    err = one_line(capsys, "import-caffe")
+    assert "conv1_1" in err and "NaN or Inf" in err and not out.exists()
+
+
+# ================================================================================ 4. meta checked first
+
+@pytest.mark.parametrize("change, match", [
+    ({"width": 12}, "width must be a number > 0 and <= 8"),
+    ({"width": 4.0}, "do not fit"),
+    ({"num_classes": 30_000_000}, "do not fit"),
+    ("a string", "malformed meta: a str"),
+    ({"options": [1, 2]}, "options"),
+    ({"crf": {"w1": 4, "colour": 3}}, "unknown key.*colour"),
+    ({"crf": "yes"}, "crf"),
+])
+def test_checkpoint_meta_is_checked_before_the_network_is_built(ckpt, change, match):
+    state = load_checkpoint(ckpt)
+    state["meta"] = change if isinstance(change, str) else {**state["meta"], **change}
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        load_model(state)
+    assert time.perf_counter() - start < 10  # a width-4 or 3e7-class net would take minutes and many GB
+
+
+# ================================================================================ 5. resume on the same data only
+
+@pytest.mark.parametrize("flag, value, key", [("--size", "48", "data"), ("--n-train", "6", "train_items")])
+def test_resume_on_other_data_is_refused(run_dir, capsys, flag, value, key):
+    before = (run_dir / "last.pt").read_bytes()
+    args = list(TINY)
+    args[args.index(flag) + 1] = value
+    assert main(["train", "--model", MODEL, *args, "--steps", "1", "--checkpoint-dir", str(run_dir), "--resume"]) == 2
+    err = one_line(capsys, "train")
+    assert f"trained on {key}=" in err and flag in err
+    assert (run_dir / "last.pt").read_bytes() == before  # the meta is not rewritten
+
+
+# ================================================================================ 6. one class-count check
+
+def test_crf_search_and_eval_refuse_a_checkpoint_for_other_classes(ckpt, capsys):
+    assert main(["crf-search", "--model", MODEL, "--checkpoint", str(ckpt), "--data", "synthetic", "--size", "32",
+                 "--n-heldout", "1", "--device", "cpu", "--no-progress"]) == 2
+    err = one_line(capsys, "crf-search")
+    assert "predicts 21 classes" in err
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "synthetic", "--size", "32", "--n-val", "1",
+                 "--device", "cpu", "--no-progress"]) == 2
+    assert one_line(capsys, "eval").split(": ", 1)[1] == err.split(": ", 1)[1]  # the same check, the same words
+
+
+# ================================================================================ 7. archives
+
+def _tar(path, members, mode="w"):
+    with tarfile.open(path, mode) as tar:
+        for name, kind, target, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if target:
+                info.linkname = target
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def test_safe_extract_follows_symlink_chains(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    dest = tmp_path / "a" / "b" / "dest"
+    archive = _tar(tmp_path / "chain.tar", [("a", tarfile.SYMTYPE, ".", None), ("b", tarfile.SYMTYPE, "a/..", None),
+                                            ("b/X", tarfile.REGTYPE, None, b"escaped")])
+    with pytest.raises(ValueError, match="'b'"):
+        safe_extract(archive, dest)
+    assert not os.path.lexists(dest / "a") and not (dest.parent / "X").exists()  # nothing written
+    archive = _tar(tmp_path / "through.tar", [("a", tarfile.SYMTYPE, ".", None), ("c", tarfile.SYMTYPE, "..", None),
+                                              ("a/c/X", tarfile.REGTYPE, None, b"escaped")])
+    with pytest.raises(ValueError, match="outside"):
+        safe_extract(archive, dest)
+    assert not (dest.parent / "X").exists()
+
+
+@pytest.mark.parametrize("mode, suffix", [("w", ".tar"), ("w:gz", ".tar.gz")])
+def test_truncated_archives_are_a_value_error(tmp_path, mode, suffix):
+    from dlcore.data.download import safe_extract
+
+    rng = np.random.default_rng(0)
+    files = [(f"f{i}.bin", tarfile.REGTYPE, None, rng.bytes(20000)) for i in range(3)]
+    whole = _tar(tmp_path / f"whole{suffix}", files, mode)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="truncated or damaged.*download it again"):
+        safe_extract(cut, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())  # every header is read before anything is written
+
+
+# ================================================================================ 8. overlay opacity
+
+@pytest.mark.parametrize("alpha", ["5", "nan", "-0.1"])
+def test_alpha_outside_0_1_is_refused(tmp_path, ckpt, capsys, alpha):
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", tmp_path / "out",
+                    "--alpha", alpha) == 2
+    assert "--alpha must be an opacity in [0, 1]" in one_line(capsys, "segment")
+    assert not (tmp_path / "out").exists()
+
+
+# ================================================================================ unclear errors made clear
+
+def test_dense_crf_shapes_and_dtypes(crf_inputs):
+    with pytest.raises(ValueError, match="empty"):
+        dense_crf(np.zeros((0, 0, 3), np.uint8), np.zeros((2, 0, 0), np.float32))
+    image, probs = crf_inputs
+    q = dense_crf(torch.from_numpy(image), torch.from_numpy(probs).bfloat16(), iterations=2)  # bf16 rounding accepted
+    assert q.dtype == torch.bfloat16 and torch.isfinite(q).all()
+    with pytest.raises(ValueError, match="sum to 1"):
+        dense_crf(image, probs * 1.1)
+
+
+def test_huge_image_is_refused_from_its_shape_alone():
+    image = torch.zeros(1, 1, 3, dtype=torch.uint8).expand(20000, 20000, 3)  # no memory: stride-0 views
+    probs = torch.full((1, 1, 1), 0.5).expand(2, 20000, 20000)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="lattice.*400000000 pixels"):
+        dense_crf(image, probs, max_memory_bytes=2 ** 30)
+    with pytest.raises(ValueError, match="lattice"):
+        DenseCRF(max_memory_bytes=2 ** 30)(image.permute(2, 0, 1)[None], probs[None])
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("width", [float("inf"), 1e6, float("nan"), 0, -1, True])
+def test_build_model_refuses_impossible_widths(width):
+    with pytest.raises(ValueError, match="width must be a number"):
+        build_model(MODEL, width=width)
+
+
+@pytest.mark.parametrize("name, x", [
+    (MODEL, torch.zeros(1, 1, 16, 16)), (MODEL, torch.zeros(1, 4, 16, 16)),
+    (MODEL, torch.zeros(1, 3, 16, 16, dtype=torch.uint8)), ("fcn8s", torch.zeros(3, 16, 16)),
+])
+def test_model_input_is_checked(name, x):
+    with torch.device("meta"):
+        model = build_model(name, width=W)
+    with pytest.raises(ValueError, match=r"takes normalized RGB images float \[B,3,H,W\]"):
+        model(x.to("meta"))
+
+
+def test_segment_out_and_device_are_checked_before_the_model_loads(tmp_path, ckpt, capsys, monkeypatch):
+    import dlcore.checkpoint
+
+    def no_load(*a, **k):
+        raise AssertionError("the checkpoint was read before the arguments were checked")
+
+    monkeypatch.setattr(dlcore.checkpoint, "load_checkpoint", no_load)
+    photo = _photo(tmp_path / "a.png")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for out, match in ((a_file, "is a file"), (a_file / "sub", "under the file")):
+        assert _segment(photo, "--checkpoint", ckpt, "--out", out) == 2
+        assert match in one_line(capsys, "segment")
+    assert _segment(photo, "--checkpoint", ckpt, "--out", tmp_path / "o", "--device", "tpu") == 2
+    assert "unknown device 'tpu'" in one_line(capsys, "segment")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root may write anywhere")
+def test_segment_refuses_a_read_only_out(tmp_path, ckpt, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", locked / "o") == 2
+        assert "read-only" in one_line(capsys, "segment")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_eval_errors(run_dir, tmp_path, capsys):
+    ck = str(run_dir / "last.pt")
+    assert main(["eval", "--checkpoint", ck, "--device", "tpu", "--no-progress"]) == 2
+    assert "unknown device 'tpu'" in one_line(capsys, "eval")
+    assert main(["eval", "--checkpoint", ck, "--device", "cpu", "--n-val", "1", "--no-progress",
+                 "--json", str(tmp_path)]) == 2
+    assert "is a folder" in one_line(capsys, "eval")
+    assert not list(tmp_path.glob(".*.tmp"))
+    before = (run_dir / "last.pt").read_bytes()
+    assert main(["eval", "--checkpoint", ck, "--device", "cpu", "--no-progress", "--json", ck]) == 2
+    assert "is the checkpoint being evaluated" in one_line(capsys, "eval")
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+def test_eval_names_a_binary_split_list(ckpt, tmp_path, capsys):
+    from dlcore.protocol import write_voc_fixture
+
+    voc = write_voc_fixture(tmp_path / "voc", n_train=1, n_val=1, size=32)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_bytes(b"\xff\xfe\x00\x81binary")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "voc", "--root", str(tmp_path / "voc"),
+                 "--device", "cpu", "--no-progress"]) == 2
+    err = one_line(capsys, "eval")
+    assert "val.txt" in err and "not a text file" in err
+
+
+def test_train_checks_its_checkpoint_dir_first(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(a_file)]) == 2
+    assert "is a file" in one_line(capsys, "train")
+
+
+def test_train_is_seeded_and_cleans_stale_temporaries(tmp_path):
+    stale = tmp_path / "a" / ".last.pt.4194305.tmp"  # above the largest pid Linux hands out: its writer is gone
+    stale.parent.mkdir()
+    stale.write_bytes(b"half a checkpoint")
+    states = []
+    for run, noise in (("a", 1), ("b", 2)):
+        torch.manual_seed(noise)  # whatever the process did before, --seed decides the init
+        assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / run)]) == 0
+        states.append(load_checkpoint(tmp_path / run / "last.pt")["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not stale.exists() and sorted(p.name for p in stale.parent.iterdir()) == ["last.pt"]
+
+
+def test_train_names_a_bad_voc_label(tmp_path, capsys):
+    from dlcore.data.palette import read_label_png, save_label_png
+    from dlcore.protocol import write_voc_fixture
+
+    voc = write_voc_fixture(tmp_path / "voc", n_train=2, n_val=1, size=32)
+    label = sorted((voc / "SegmentationClass").glob("2007_train_*.png"))[0]
+    mask = read_label_png(label)
+    mask[0, 0] = 37
+    save_label_png(mask, label)
+    assert main(["train", "--model", MODEL, "--data", "voc", "--root", str(tmp_path / "voc"), "--width", str(W),
+                 "--crop", "32", "--steps", "1", "--batch-size", "2", "--num-workers", "0", "--device", "cpu",
+                 "--no-progress", "--checkpoint-dir", str(tmp_path / "run")]) == 2
+    err = one_line(capsys, "train")
+    assert label.name in err and "37" in err
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--n-heldout", "0", "--n-heldout"), ("--sigma-alpha", "-1", "sigma_alpha"), ("--iterations", "-3", "iterations"),
+    ("--device", "tpu", "unknown device"),
+])
+def test_crf_search_arguments(ckpt, capsys, flag, value, match):
+    args = ["crf-search", "--model", MODEL, "--checkpoint", str(ckpt), "--data", "synthetic", "--size", "32",
+            "--n-heldout", "1", "--device", "cpu", "--no-progress"]
+    assert main(args + [flag, value]) == 2  # argparse: the last occurrence of a flag wins
+    assert match in one_line(capsys, "crf-search")
+
+
+def test_import_caffe_names_the_file_of_an_impossible_blob(tmp_path, capsys):
+    from dlcore import weights
+
+    dims = weights._enc_varint(2 ** 32) * 2
+    blob = weights._enc_len(7, weights._enc_len(1, dims))  # shape [2^32, 2^32], no data
+    layer = weights._enc_len(1, b"conv1_1") + weights._enc_len(2, b"Convolution") + weights._enc_len(7, blob)
+    path = tmp_path / "huge.caffemodel"
+    path.write_bytes(weights._enc_len(100, layer))
+    assert main(["import-caffe", str(path), "--model", MODEL, "--out", str(tmp_path / "o.pt")]) == 2
+    err = one_line(capsys, "import-caffe")
+    assert "huge.caffemodel" in err and "(4294967296, 4294967296)" in err
+
+
+# ================================================================================ the convention itself
+
+def test_debug_shows_the_traceback(tmp_path, ckpt):
+    with pytest.raises(ValueError, match="--alpha"):
+        _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", tmp_path / "o", "--alpha", "5", "--debug")
+
+
+def test_atomic_write_cleans_only_stale_temporaries(tmp_path):
+    from dlcore.io import atomic_write
+
+    target = tmp_path / "x.json"
+    dead, alive = tmp_path / ".x.json.4194305.tmp", tmp_path / f".x.json.{os.getppid()}.tmp"
+    dead.write_text("left by a killed writer")
+    alive.write_text("another process is writing")
+    atomic_write(target, lambda f: f.write(b"{}"))
+    assert target.read_bytes() == b"{}" and not dead.exists() and alive.exists()
+    with pytest.raises(ValueError, match="is a folder"):
+        atomic_write(tmp_path, lambda f: f.write(b"x"))
+    with pytest.raises(ZeroDivisionError):  # a failing writer leaves the old file and no temporary
+        atomic_write(target, lambda f: (f.write(b"half"), 1 / 0))
+    assert target.read_bytes() == b"{}" and sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "x.json"]

@@ -1,0 +1,129 @@
+"""The teaching zoo: the cached-feature path equals the full network, the files are checked, the command resumes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dlcore import zoo
+from dlcore.data.transforms import normalize
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A whole zoo on the tiny schedule, built once by the command line (as CI must, so the recipe cannot rot)."""
+    out = tmp_path_factory.mktemp("zoo")
+    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--schedule", "tiny", "--zoo-dir", str(out)],
+                         capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_cached_features_give_the_full_networks_output(name):
+    """forward_cached(trunk_features(x)) == model(x): training on the cache trains the network the notebooks run."""
+    torch.manual_seed(0)
+    model = zoo.build(name).eval()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        full = model(normalize(images))
+        cached = zoo.forward_cached(model, zoo.trunk_features(model, images, dtype=torch.float32), images)
+    assert cached.shape == full.shape
+    assert torch.allclose(cached, full, rtol=1e-4, atol=1e-4 * full.abs().max().item()), (cached - full).abs().max()
+
+
+def test_pack_roundtrip_int8_is_close_and_fp16_exact_enough():
+    w = torch.randn(512, 64, 7, 7)
+    state = {"fc6.weight": w, "fc6.bias": torch.randn(512), "bn.num_batches_tracked": torch.tensor(3)}
+    back = zoo.unpack(zoo.pack(state, int8=True))
+    assert back["bn.num_batches_tracked"].dtype == torch.int64
+    assert (back["fc6.weight"] - w).abs().max() <= w.abs().amax((1, 2, 3)).max() / 127 / 2 + 1e-6
+    assert torch.allclose(zoo.unpack(zoo.pack(state))["fc6.weight"], w, atol=1e-2)
+
+
+def test_tiny_zoo_loads_every_model(tiny_zoo):
+    manifest = json.loads((tiny_zoo / "manifest.json").read_text())
+    assert set(manifest["entries"]) == set(zoo.entry_names())
+    for entry, info in manifest["entries"].items():
+        for key in ("sha256", "recipe", "command", "machine", "train_seconds"):
+            assert key in info, (entry, key)
+    for name in zoo.CRF_MODELS:
+        assert set(manifest["crf"][name]["params"]) == {"w1", "sigma_alpha", "sigma_beta"}
+    zoo.use_tiny_schedule()
+    model = zoo.load("fcn8s", 1, tiny_zoo)
+    assert not model.training
+    rec = zoo.recorded("deeplab-v1-largefov", 0, tiny_zoo)
+    assert rec["none"].shape == (zoo.N_VAL, 11, 11) and rec["crf"].shape == (zoo.N_CRF, 11, 11)
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "altered", "other_model", "not_in_manifest"])
+def test_bad_zoo_files_name_the_file_and_the_rebuild_command(tiny_zoo, tmp_path, damage):
+    d = _copy(tiny_zoo, tmp_path / "z")
+    target = d / "deeplab-v1-largefov-s0.pt"
+    if damage == "missing":
+        target.unlink()
+    elif damage == "truncated":
+        target.write_bytes(target.read_bytes()[:1000])
+    elif damage == "altered":
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    elif damage == "other_model":  # another model's file, manifest made to match it
+        target.write_bytes((d / "deeplab-v1-4x4-s0.pt").read_bytes())
+        m = json.loads((d / "manifest.json").read_text())
+        m["entries"]["deeplab-v1-largefov-s0"]["sha256"] = m["entries"]["deeplab-v1-4x4-s0"]["sha256"]
+        (d / "manifest.json").write_text(json.dumps(m))
+    else:
+        m = json.loads((d / "manifest.json").read_text())
+        del m["entries"]["deeplab-v1-largefov-s0"]
+        (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(zoo.ZooError) as e:
+        zoo.load("deeplab-v1-largefov", 0, d)
+    assert "deeplab-v1-largefov-s0" in str(e.value)
+    assert "python -m dlcore zoo train --only deeplab-v1-largefov-s0" in str(e.value)
+
+
+def test_unknown_only_lists_the_known_names(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--only", "deeplab-v9", "--schedule", "tiny",
+                          "--zoo-dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "unknown zoo entry 'deeplab-v9'" in run.stderr and "deeplab-v1-largefov" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_tiny_schedule_refuses_the_shipped_zoo():
+    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--schedule", "tiny"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "--zoo-dir" in run.stderr
+
+
+def test_interrupted_write_leaves_nothing_and_the_rerun_resumes(tiny_zoo, tmp_path, monkeypatch):
+    d = _copy(tiny_zoo, tmp_path / "z")
+    (d / "deeplab-v1-7x7-s2.pt").unlink()
+    (d / "scores" / "fcn8s-s2.npz").unlink()
+    before = (d / "manifest.json").read_text()
+    zoo.use_tiny_schedule()
+
+    def killed(obj, f, *a, **k):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None)
+    assert not list(d.glob(".*.tmp")) and not (d / "deeplab-v1-7x7-s2.pt").exists()
+    assert (d / "manifest.json").read_text() == before
+    monkeypatch.undo()
+    done = zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None)
+    assert done == ["fcn8s-s2", "deeplab-v1-7x7-s2"]  # only what was missing
+    assert zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None) == []
