@@ -15,17 +15,32 @@ __all__ = ["SyntheticScenes", "VOCSegmentation", "read_image"]
 
 
 def read_image(path) -> torch.Tensor:
-    """An image file -> uint8 tensor [3,H,W], RGB, with its EXIF orientation applied (as a viewer shows it).
-
-    A missing file raises FileNotFoundError, an unreadable or corrupt one ValueError, both naming the path.
-    """
+    """An image file -> uint8 tensor [3,H,W], RGB, with its EXIF orientation applied (as a viewer shows it), and
+    also the images that PIL's convert("RGB") would silently spoil: 16-bit grey (PIL clips it to 255, white)
+    is scaled by its range, 0..65535 -> 0..255; floating-point ("F", all black) and 32-bit integer images are
+    refused, since their range is not known. A decompression bomb is refused with the image's size. A missing file raises FileNotFoundError, an unreadable or corrupt one ValueError, both
+    naming the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)  # phones store rotation in EXIF, not in the pixels
-            array = np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for truncated / non-image files
-        raise ValueError(f"cannot read image {path}: {exc}; is it a complete JPEG/PNG file?") from exc
+            if im.mode.startswith("I;16") or im.mode == "I":
+                grey = np.asarray(im).astype(np.int64)
+                if im.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
+                    raise ValueError(f"image {path} holds 32-bit integer pixels ({grey.min()}..{grey.max()}); "
+                                     "convert it to an 8-bit RGB image first")
+                # 16-bit: scale the full range, as a viewer shows it (65535 = white), not clip it
+                array = np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=-1)
+            elif im.mode == "F":
+                raise ValueError(f"image {path} holds floating-point pixels (mode F), whose range dlcore cannot "
+                                 "know; convert it to 8-bit RGB first, e.g. (x - x.min()) / (x.max() - x.min()) * 255")
+            else:
+                array = np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image {path} is too large to decode safely ({exc}); shrink it first "
+                         "(--max-side resizes only after decoding)") from None
+    except (OSError, SyntaxError) as exc:  # PIL raises these for truncated / non-image files
+        raise ValueError(f"cannot read image {path}: {exc}; is it a complete JPEG/PNG file?") from None
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
