@@ -266,7 +266,7 @@ def build(name: str) -> nn.Module:
 def start_from_pretrained(model: nn.Module, pretrained: dict) -> nn.Module:
     """Copy the pre-trained classifier into `model` as the papers copy ImageNet's: the trunk as is; VGG's fc6 and
     fc7 convolutionalized (FCN, same size) or subsampled (DeepLab's smaller fc6 kernels and fewer filters)."""
-    from dlcore.backbones import subsample_fc
+    from dlcore.heads import subsample_fc
 
     trunk = {k.removeprefix("backbone."): v for k, v in pretrained.items() if k.startswith("backbone.")}
     missing = model.backbone.load_state_dict(trunk, strict=False).missing_keys

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dlcore.backbones import (ResNet101, VGG16, bilinear_kernel, imagenet_weights, load_torchvision_weights,
-                              subsample_fc)
+from dlcore.backbones import ResNet101, VGG16
+from dlcore.heads import bilinear_kernel, subsample_fc
+from dlcore.imagenet import imagenet_weights, load_torchvision_weights
 from dlcore.models import MSC, available, build_model, fov_table
 
 torch.set_num_threads(1)
