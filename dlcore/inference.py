@@ -84,14 +84,15 @@ def forward_probs(model: nn.Module, images: torch.Tensor, *, normalize: str = "i
         xs = x if s == 1.0 else F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
                                               mode="bilinear", align_corners=False)
         for flipped in ((False, True) if flip else (False,)):
-            probs = _probs_at(model, xs.flip(-1) if flipped else xs, (h, w), bf16, channels_last)
-            probs = probs.flip(-1) if flipped else probs
+            probs = _probs_at(model, xs, (h, w), flipped, bf16, channels_last)
             total = probs if total is None else total + probs
             count += 1
-    return total / count
+    return total if count == 1 else total / count  # one scale: no extra kernel on the fast path
 
 
-def _probs_at(model, x, size, bf16: bool, channels_last: bool) -> torch.Tensor:
+def _probs_at(model, x, size, flipped: bool, bf16: bool, channels_last: bool) -> torch.Tensor:
+    """Softmax at `size` of the network on `x` (mirrored, and its scores mirrored back, when `flipped`)."""
+    x = x.flip(-1) if flipped else x
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
@@ -102,6 +103,7 @@ def _probs_at(model, x, size, bf16: bool, channels_last: bool) -> torch.Tensor:
     # The DeepLab nets already return input-size scores; a net that returns its strided map
     # (output_stride > 1) is upsampled here, bilinearly, as the paper does before the CRF.
     logits = logits.float()
+    logits = logits.flip(-1) if flipped else logits
     if logits.shape[-2:] != tuple(size):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits.softmax(1)

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class TinyNet(nn.Module):
-    """conv-relu-dropout + 1x1 classifier: what the engine needs of a dlcore model; dropout tests the RNG restore."""
+    """conv-relu-dropout + 1x1 classifier: what train and evaluate need of a dlcore model; dropout tests the RNG restore."""
 
     name = "tiny"
     output_stride = 1
