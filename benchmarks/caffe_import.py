@@ -1,7 +1,7 @@
 """Caffe import speed (issue 7): a full-size DeepLab-v2 ResNet-101 ASPP-L caffemodel read and mapped in < 20 s.
 
 The published file (train_iter_20000.caffemodel, about 170 MB) cannot be downloaded here, so this writes one
-with the same layers, names and shapes (random values) to a temporary folder with `dlcore.weights.write_caffemodel`,
+with the same layers, names and shapes (random values) to a temporary folder with `dlcore.caffe.write_caffemodel`,
 then times `read_caffemodel` (wire-format parse) and `import_caffe` (every shape checked, copied into the model).
 
     OMP_NUM_THREADS=2 python benchmarks/caffe_import.py [--repeats 3] [--msc-copies]
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dlcore.__main__ import main as dlcore_cli
+from dlcore.cli import main as dlcore_cli
 from dlcore.models import build_model
-from dlcore.weights import export_caffe, import_caffe, read_caffemodel, write_caffemodel
+from dlcore.caffe import export_caffe, import_caffe, read_caffemodel, write_caffemodel
 
 
 def main() -> None:

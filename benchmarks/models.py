@@ -3,7 +3,7 @@
 Issue 4 item 7 and issue 6 item 6: at 513 x 513, batch 1 and 16, fp32 and bf16, each dlcore model beside
 torchvision's `fcn_resnet101` (the FCN reference) and `deeplabv3_resnet101` (the reference for DeepLab-v2
 ResNet-101 ASPP-L); then end to end (normalize, network, bilinear upsampling, softmax, 10 mean-field CRF
-iterations, argmax) on 500 x 375 images through `dlcore.predict.Predictor`.
+iterations, argmax) on 500 x 375 images through `dlcore.inference.Predictor`.
 
     python benchmarks/models.py --device cuda                 # the full table on a GPU (issue numbers)
     python benchmarks/models.py --device cpu --quick          # what a 2-core CPU can do in minutes
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 import dlcore
-from dlcore.predict import Predictor, images_per_second
+from dlcore.inference import Predictor
+from dlcore.measure import images_per_second
 
 REFERENCES = {"fcn_resnet101": "torchvision", "deeplabv3_resnet101": "torchvision"}
 # Full mode: every model at the issue's sizes. Quick mode (CPU): the three the notebooks discuss plus both

@@ -17,11 +17,17 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' -> CUDA when a GPU is present, else CPU; anything else is passed to torch.device."""
+def resolve_device(device="auto") -> torch.device:
+    """The one device resolver: 'auto' -> CUDA when a GPU is present, else CPU; 'cpu', 'cuda', 'cuda:N' or a
+    torch.device -> that device. An unknown name, or CUDA without a GPU, is a ValueError naming the choices."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message lists ~20 backends; name the ones dlcore runs on
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (--device)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU; use device='cpu' or 'auto'")
     return dev

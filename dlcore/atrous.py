@@ -109,7 +109,7 @@ def _scalar(value, name: str, layer: nn.Module) -> int:
     return pair[0]
 
 
-def make_dense(net: nn.Module, output_stride: int = 1) -> nn.Sequential:
+def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = True) -> nn.Sequential:
     """The hole algorithm (DeepLab v1, Sec. 3.1): the same network, evaluated at every input position.
 
     Walking the layers in order, a layer with stride s gets stride 1, and every *later* layer gets its
@@ -119,9 +119,16 @@ def make_dense(net: nn.Module, output_stride: int = 1) -> nn.Sequential:
 
     `output_stride` (DeepLab v2, Sec. 3.1): the first strides are kept while their product stays within
     output_stride, only the later ones become rates; DeepLab v1 is VGG-16 at output_stride=8.
+
+    `dilate_pools=False` is the released DeepLab model's choice (its Caffe prototxt): a max-pool whose stride
+    is removed keeps its own window and padding at stride 1 instead of becoming a dilated pool; the rates of
+    the convolutions are unchanged. Pooling is not linear, so this is a (small) change of the function:
+    notebook 02's equality with shift-and-stitch holds for the default, the hole algorithm proper.
     """
     if isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral) or output_stride < 1:
         raise ValueError(f"output_stride must be an integer >= 1 (1 = fully dense), got {output_stride!r}")
+    if not isinstance(dilate_pools, bool):
+        raise ValueError(f"dilate_pools must be True or False, got {dilate_pools!r}")
     layers, rate, kept = [], 1, 1
     for layer in _flatten(net):
         if isinstance(layer, _POINTWISE):
@@ -133,7 +140,11 @@ def make_dense(net: nn.Module, output_stride: int = 1) -> nn.Sequential:
         stride = _scalar(layer.stride, "stride", layer)
         keep = kept * stride <= output_stride  # this subsampling still fits in output_stride
         kept *= stride if keep else 1
-        layers.extend(_dilated(layer, rate, stride if keep else 1))
+        if isinstance(layer, nn.MaxPool2d) and not dilate_pools:
+            layers.append(copy.copy(layer))  # the same window and padding, only the stride changed
+            layers[-1].stride = stride if keep else 1
+        else:
+            layers.extend(_dilated(layer, rate, stride if keep else 1))
         rate *= 1 if keep else stride
     return nn.Sequential(*layers)
 

@@ -2,7 +2,7 @@
 
 Both trunks are built from torchvision's own model definitions (`torchvision.models.vgg16`,
 `torchvision.models.resnet101`), not re-typed copies, so their module names are torchvision's and a
-torchvision ImageNet state dict loads into them at width 1.0 (`load_torchvision_weights`).
+torchvision ImageNet state dict loads into them at width 1.0 (`dlcore.imagenet.load_torchvision_weights`).
 
 - FCN (Long et al. 2015, Sec. 3.1): VGG-16 as published, output stride 32.
 - DeepLab v1 (Chen et al. 2015, Sec. 3.1): 3x3 max-pools with padding 1 (as in the released Caffe model),
@@ -17,13 +17,13 @@ fit at width 1.0.
 from __future__ import annotations
 
 import numbers
-import os
-from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["scaled", "VGG16", "ResNet101", "load_torchvision_weights", "subsample_fc", "bilinear_kernel"]
+from dlcore.atrous import make_dense
+
+__all__ = ["scaled", "check_width", "VGG16", "ResNet101"]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -41,13 +41,6 @@ def check_width(width) -> float:
         raise ValueError(f"width must be a number > 0 and <= {MAX_WIDTH:g} (1.0 = the papers' channel counts, "
                          f"0.25 for CPU runs), got {width!r}")
     return float(width)
-
-
-def bilinear_kernel(factor: int) -> torch.Tensor:
-    """The 2f x 2f bilinear tent `(1 - |x - (f - 0.5)| / f)` outer product (FCN's `upsample_filt`, Sec. 3.3)."""
-    x = torch.arange(2 * factor, dtype=torch.float32)
-    tent = 1 - (x - (factor - 0.5)).abs() / factor
-    return tent[:, None] * tent[None, :]
 
 
 # --------------------------------------------------------------------------------------- channel scaling
@@ -86,9 +79,11 @@ def _init_like_torchvision(m: nn.Module) -> None:
 class VGG16(nn.Module):
     """VGG-16's `features` (torchvision's definition and names), plain (FCN) or dense at output stride 8 (DeepLab).
 
-    `dense=True` is DeepLab v1's surgery (Sec. 3.1): every max-pool 3x3 with padding 1; pool4 and pool5 at
-    stride 1; conv5_1..conv5_3 at dilation 2 (padding 2 keeps the map size). The same surgery, step by step, is
-    notebook 03's first section. `forward(x, return_pools=True)` also returns the outputs of pool1..pool5
+    `dense=True` is DeepLab v1's surgery (Sec. 3.1), done by the hole algorithm itself
+    (`dlcore.atrous.make_dense(features, output_stride=8)`): pool4 and pool5 at stride 1, conv5_1..conv5_3 at
+    dilation 2 (padding 2 keeps the map size). Two details are the released Caffe model's: every max-pool is
+    3x3 with padding 1, and pool5 keeps that window at stride 1 rather than becoming a dilated pool
+    (`dilate_pools=False`). The same surgery, step by step, is notebook 03's first section. `forward(x, return_pools=True)` also returns the outputs of pool1..pool5
     (FCN's skips and DeepLab v1's MSc read them).
 
     `batch_norm=True` uses torchvision's `vgg16_bn` definition (batch norm after every conv). The papers start
@@ -108,11 +103,10 @@ class VGG16(nn.Module):
         _rebuild(features, width, _init_like_torchvision)
         self.pool_indices = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
         if dense:
-            for n, i in enumerate(self.pool_indices):  # pools 1-3 keep stride 2, pools 4-5 get stride 1
-                features[i] = nn.MaxPool2d(3, stride=2 if n < 3 else 1, padding=1)
-            for m in features[self.pool_indices[3] + 1:]:  # conv5: the hole algorithm at rate 2
-                if isinstance(m, nn.Conv2d):
-                    m.dilation, m.padding = (2, 2), (2, 2)
+            for i in self.pool_indices:  # the released Caffe model's pools: 3x3 with padding 1
+                features[i] = nn.MaxPool2d(3, stride=2, padding=1)
+            # the hole algorithm: pool4 and pool5 at stride 1, conv5 (and the head's fc6) at the rates it leaves
+            features = make_dense(features, output_stride=8, dilate_pools=False)
         self.features = features
         self.width = width
         self.batch_norm = batch_norm
@@ -199,119 +193,3 @@ class ResNet101(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer4(self.low_level(x))
-
-
-# ------------------------------------------------------------------------------------ torchvision weights
-
-def subsample_fc(fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, conv: nn.Conv2d,
-                 in_kernel: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A fully connected layer's weights as `conv`'s, subsampled the way DeepLab v1 initialises fc6/fc7.
-
-    `fc_weight` [out, in * in_kernel**2] reads a C x k x k window (channel-major, like nn.Flatten); viewed as
-    a [out, C, k, k] kernel (FCN Sec. 3.1: convolutionalization) it is then decimated (DeepLab v1 Sec. 4.1,
-    "we simply subsample the first FC layer"): the kernel spatially to `conv`'s size (7x7 -> 4x4 keeps taps
-    0, 2, 4, 6; 7x7 -> 3x3 keeps 0, 3, 6) and the filters every (out / conv.out_channels)-th (LargeFOV: 1,024
-    of 4,096), the input channels likewise. At the same size it is FCN's exact convolutionalization.
-    """
-    out_f = fc_weight.shape[0]
-    in_c = fc_weight.shape[1] // (in_kernel * in_kernel)
-    if in_c * in_kernel * in_kernel != fc_weight.shape[1]:
-        raise ValueError(f"fc weight {tuple(fc_weight.shape)} does not read a C x {in_kernel} x {in_kernel} window")
-    k_out, k_in = conv.out_channels, conv.in_channels
-    kh = conv.kernel_size[0]
-    if out_f % k_out or in_c % k_in or kh > in_kernel:
-        raise ValueError(f"cannot subsample fc weight {tuple(fc_weight.shape)} (C={in_c}, {in_kernel}x{in_kernel}) "
-                         f"into conv weight {tuple(conv.weight.shape)}: channels must divide and the kernel shrink")
-    w = fc_weight.reshape(out_f, in_c, in_kernel, in_kernel)
-    taps = torch.linspace(0, in_kernel - 1, kh).round().long()  # spatial decimation, corners kept
-    w = w[:: out_f // k_out, :: in_c // k_in][:, :, taps][:, :, :, taps]
-    b = None if fc_bias is None else fc_bias[:: out_f // k_out]
-    return w.contiguous(), b
-
-
-def _state_dict_of(weights) -> Mapping[str, torch.Tensor]:
-    if isinstance(weights, Mapping):
-        return weights
-    if isinstance(weights, (str, os.PathLike)):
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"no weights file at {os.fspath(weights)!r}; pass a torchvision state dict saved "
-                                    f"with torch.save(model.state_dict(), path), or a torchvision weights enum")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        if isinstance(state, Mapping) and "state_dict" in state and not any(k.endswith("weight") for k in state):
-            state = state["state_dict"]
-        if not isinstance(state, Mapping):
-            raise ValueError(f"{os.fspath(weights)!r} does not hold a state dict (got {type(state).__name__})")
-        return state
-    if hasattr(weights, "get_state_dict"):  # a torchvision WeightsEnum: downloads once into torch's cache
-        return weights.get_state_dict(progress=True, check_hash=True)
-    raise ValueError(f"weights must be a torchvision weights enum (e.g. VGG16_Weights.IMAGENET1K_V1), a file path "
-                     f"or a state dict, got {type(weights).__name__}")
-
-
-def _copy(param: torch.Tensor, value: torch.Tensor, key: str) -> None:
-    if tuple(param.shape) != tuple(value.shape):
-        raise ValueError(f"torchvision weight {key!r} has shape {tuple(value.shape)} but the model expects "
-                         f"{tuple(param.shape)}: is it the right architecture (VGG-16 / ResNet-101) at width 1.0?")
-    with torch.no_grad():
-        param.copy_(value)
-
-
-def _load_trunk(trunk: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    own = trunk.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise ValueError(f"the torchvision state dict lacks {len(missing)} keys of the {type(trunk).__name__} trunk, "
-                         f"e.g. {missing[:3]}: is it a {type(trunk).__name__} state dict?")
-    params = dict(trunk.named_parameters())
-    params.update(trunk.named_buffers())
-    for key, tensor in params.items():
-        if key in state:
-            _copy(tensor, state[key], key)
-
-
-def load_torchvision_weights(model: nn.Module, weights) -> nn.Module:
-    """Initialise `model`'s trunk (and VGG's fc6/fc7) from torchvision ImageNet weights; returns `model`.
-
-    `model`: a VGG16 / ResNet101 trunk, or any dlcore model holding one. `weights`: a torchvision enum
-    (`VGG16_Weights.IMAGENET1K_V1`, `ResNet101_Weights.IMAGENET1K_V1`: downloaded once by torchvision), a path
-    to a saved torchvision state dict (loaded with weights_only=True) or a state dict. The ImageNet classifier
-    of VGG-16 initialises every fc6/fc7 the heads declare (`imagenet_fc_layers()`): convolutionalized exactly
-    for FCN, subsampled for DeepLab (`subsample_fc`). Class-score layers (fc8, score_*) keep their init.
-    """
-    trunks = [m for m in model.modules() if isinstance(m, (VGG16, ResNet101))]
-    if not trunks:
-        raise ValueError(f"{type(model).__name__} holds no VGG16 or ResNet101 trunk to load torchvision weights into")
-    for trunk in trunks:
-        if trunk.width != 1.0:
-            raise ValueError(f"ImageNet weights fit the papers' channel counts only: build the model with width=1.0 "
-                             f"(got width={trunk.width})")
-    state = _state_dict_of(weights)
-    for trunk in trunks:
-        if isinstance(trunk, VGG16):
-            _load_trunk(trunk, {k: v for k, v in state.items() if k.startswith("features.")})
-        else:
-            _load_trunk(trunk, {k: v for k, v in state.items() if not k.startswith("fc.")})
-    fc_layers = [pair for m in model.modules() if hasattr(m, "imagenet_fc_layers") for pair in m.imagenet_fc_layers()]
-    if fc_layers:
-        for key in ("classifier.0.weight", "classifier.3.weight"):
-            if key not in state:
-                raise ValueError(f"the state dict has no {key!r}: fc6/fc7 are initialised from VGG-16's classifier")
-        for role, conv in fc_layers:
-            # torchvision's classifier: [0] Linear(512*7*7, 4096) = fc6, [3] Linear(4096, 4096) = fc7
-            i, k = (0, 7) if role == "fc6" else (3, 1)
-            w, b = subsample_fc(state[f"classifier.{i}.weight"], state.get(f"classifier.{i}.bias"), conv, in_kernel=k)
-            _copy(conv.weight, w, f"classifier.{i}.weight (as {role})")
-            if conv.bias is not None and b is not None:
-                _copy(conv.bias, b, f"classifier.{i}.bias (as {role})")
-    return model
-
-
-def imagenet_weights(trunk: nn.Module):
-    """The torchvision enum `weights="imagenet"` stands for (IMAGENET1K_V1, as the papers used ImageNet-1k)."""
-    from torchvision.models import ResNet101_Weights, VGG16_Weights
-
-    from torchvision.models import VGG16_BN_Weights
-
-    if isinstance(trunk, VGG16):
-        return VGG16_BN_Weights.IMAGENET1K_V1 if trunk.batch_norm else VGG16_Weights.IMAGENET1K_V1
-    return ResNet101_Weights.IMAGENET1K_V1

@@ -4,8 +4,9 @@
     load_checkpoint(path) -> dict         torch.load(weights_only=True); clear errors for missing/corrupt files
     load_model(checkpoint, name=None)     rebuild the network with dlcore.models.build_model from the stored meta,
                                           after checking the meta, finite weights and their shapes
+    checkpoint_normalize(checkpoint)      the input normalization its weights expect ("caffe" for imported ones)
 
-A training checkpoint (written by `dlcore.engine.train`) holds
+A training checkpoint (written by `dlcore.train.train`) holds
 
     format, version     "dlcore-checkpoint", 1
     model               the network's state_dict (the bare module's, also under DDP)
@@ -29,15 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlcore import resolve_device
+from dlcore.io import atomic_write
+
 FORMAT = "dlcore-checkpoint"
 VERSION = 1
-_RECREATE = "re-create it with `python -m dlcore train ...` (or dlcore.engine.save_checkpoint)"
+_RECREATE = "re-create it with `python -m dlcore train ...` (or dlcore.checkpoint.save_checkpoint)"
 
 
 def save_checkpoint(path, **state) -> Path:
     """Write `state` to `path` atomically: a killed process leaves the previous file intact, never half a file."""
-    from dlcore.io import atomic_write
-
     return atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
 
 
@@ -152,7 +154,7 @@ def load_model(checkpoint_or_path, name: str | None = None, device="cpu") -> nn.
     if name is not None and name != meta["name"]:
         raise ValueError(f"checkpoint{where} is for model {meta['name']}, not {name}; "
                          f"pass --model {meta['name']} (or leave --model out)")
-    device = parse_device(device)
+    device = resolve_device(device)
     options = dict(meta.get("options") or {})
     kwargs = {k: meta[k] for k in ("num_classes", "width") if meta.get(k) is not None}
     check_finite(state["model"], where)
@@ -171,16 +173,10 @@ def load_model(checkpoint_or_path, name: str | None = None, device="cpu") -> nn.
     return model.to(device).eval()
 
 
-def parse_device(device) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' (or a torch.device) -> torch.device; ValueError naming the choices."""
-    from dlcore import resolve_device
-
-    if isinstance(device, torch.device):
-        return device
-    try:
-        return resolve_device(str(device))
-    except RuntimeError:  # torch's own message lists ~20 backends; name the ones dlcore runs on
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (--device)") from None
+def checkpoint_normalize(checkpoint) -> str:
+    """The input normalization a checkpoint's weights expect: meta "normalize" ("caffe" for imported Caffe models)."""
+    meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
+    return meta.get("normalize", "imagenet")
 
 
 def check_num_classes(checkpoint: dict, num_classes: int, description: str) -> None:

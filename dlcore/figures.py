@@ -107,21 +107,3 @@ def table(results: list[Result]) -> str:
     rows += [f"{r.notebook:<28}{r.seconds:>9.1f}  {len(r.figures)}" for r in results]
     rows.append(f"{'total':<28}{sum(r.seconds for r in results):>9.1f}  {sum(len(r.figures) for r in results)}")
     return "\n".join(rows)
-
-
-def add_figures_arguments(parser) -> None:
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (what the tests run)")
-    parser.add_argument("--only", metavar="NN", help="run only the notebooks whose name starts with NN, e.g. 02")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-
-
-def run_figures(args) -> int:
-    import sys
-
-    try:
-        results = run_all(smoke=args.smoke, only=args.only, device=args.device)
-    except (NotebookFailed, ValueError) as e:
-        print(f"figures: FAILED\n{e}", file=sys.stderr)
-        return 1
-    print(table(results))
-    return 0

@@ -2,7 +2,9 @@
 
 Every head keeps the papers' layer names (fc6, fc7, fc8, score_fr, score_pool4, upscore2, ...), declares its
 10x-learning-rate class-score layers in `classifier_parameters()` and, where VGG-16's ImageNet classifier
-initialises it, its fc6/fc7 in `imagenet_fc_layers()` (read by `dlcore.backbones.load_torchvision_weights`).
+initialises it, its fc6/fc7 in `imagenet_fc_layers()` (read by `dlcore.imagenet.load_torchvision_weights`).
+Convolutionalization (FCN Sec. 3.1) and its subsampled form (DeepLab v1 Sec. 4.1) are here, with the FCN's
+bilinear upsampling kernel.
 `width` scales the hidden channels (4096, 1024, 128); the number of classes never scales.
 """
 
@@ -11,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlcore.backbones import bilinear_kernel, scaled
+from dlcore.backbones import scaled
 
-__all__ = ["convolutionalize", "FCNHead", "bilinear_upsampler", "DeepLabV1Head", "msc_mlp", "ASPP", "vgg_branch", "resnet_branch"]
+__all__ = ["convolutionalize", "subsample_fc", "bilinear_kernel", "FCNHead", "bilinear_upsampler", "DeepLabV1Head", "msc_mlp", "ASPP", "vgg_branch", "resnet_branch"]
 
 
 def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
@@ -42,7 +44,7 @@ def convolutionalize(fc: nn.Linear, in_channels: int, kernel_size: int) -> nn.Co
     """FCN §3.1: a fully connected layer on a C x k x k input is a k x k convolution with the same weights.
 
     Run on a larger input, the convolution evaluates the classifier at every k x k window (stride 1) in one
-    pass, which is what makes a classification net "fully convolutional".
+    pass, which is what makes a classification net "fully convolutional". (`subsample_fc` at the same size.)
     """
     if fc.in_features != in_channels * kernel_size * kernel_size:
         raise ValueError(
@@ -50,12 +52,45 @@ def convolutionalize(fc: nn.Linear, in_channels: int, kernel_size: int) -> nn.Co
             f"window ({in_channels * kernel_size ** 2} values); pass the in_channels and kernel_size it was trained on"
         )
     conv = nn.Conv2d(in_channels, fc.out_features, kernel_size, bias=fc.bias is not None)
+    weight, bias = subsample_fc(fc.weight.detach(), None if fc.bias is None else fc.bias.detach(), conv, kernel_size)
     with torch.no_grad():
-        # nn.Flatten on [C,k,k] is channel-major, the same order as Conv2d's weight [out, C, k, k].
-        conv.weight.copy_(fc.weight.view(fc.out_features, in_channels, kernel_size, kernel_size))
-        if fc.bias is not None:
-            conv.bias.copy_(fc.bias)
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
     return conv
+
+
+def subsample_fc(fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, conv: nn.Conv2d,
+                 in_kernel: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A fully connected layer's weights as `conv`'s, subsampled the way DeepLab v1 initialises fc6/fc7.
+
+    `fc_weight` [out, in * in_kernel**2] reads a C x k x k window (channel-major, like nn.Flatten); viewed as
+    a [out, C, k, k] kernel (FCN Sec. 3.1: convolutionalization) it is then decimated (DeepLab v1 Sec. 4.1,
+    "we simply subsample the first FC layer"): the kernel spatially to `conv`'s size (7x7 -> 4x4 keeps taps
+    0, 2, 4, 6; 7x7 -> 3x3 keeps 0, 3, 6) and the filters every (out / conv.out_channels)-th (LargeFOV: 1,024
+    of 4,096), the input channels likewise. At the same size it is FCN's exact convolutionalization.
+    """
+    out_f = fc_weight.shape[0]
+    in_c = fc_weight.shape[1] // (in_kernel * in_kernel)
+    if in_c * in_kernel * in_kernel != fc_weight.shape[1]:
+        raise ValueError(f"fc weight {tuple(fc_weight.shape)} does not read a C x {in_kernel} x {in_kernel} window")
+    k_out, k_in = conv.out_channels, conv.in_channels
+    kh = conv.kernel_size[0]
+    if out_f % k_out or in_c % k_in or kh > in_kernel:
+        raise ValueError(f"cannot subsample fc weight {tuple(fc_weight.shape)} (C={in_c}, {in_kernel}x{in_kernel}) "
+                         f"into conv weight {tuple(conv.weight.shape)}: channels must divide and the kernel shrink")
+    w = fc_weight.reshape(out_f, in_c, in_kernel, in_kernel)
+    taps = torch.linspace(0, in_kernel - 1, kh).round().long()  # spatial decimation, corners kept
+    w = w[:: out_f // k_out, :: in_c // k_in][:, :, taps][:, :, :, taps]
+    b = None if fc_bias is None else fc_bias[:: out_f // k_out]
+    return w.contiguous(), b
+
+
+def bilinear_kernel(factor: int) -> torch.Tensor:
+    """The 2f x 2f bilinear tent `(1 - |x - (f - 0.5)| / f)` outer product (FCN's `upsample_filt`, Sec. 3.3)."""
+    x = torch.arange(2 * factor, dtype=torch.float32)
+    tent = 1 - (x - (factor - 0.5)).abs() / factor
+    return tent[:, None] * tent[None, :]
 
 
 def bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:

@@ -1,9 +1,11 @@
-"""How dlcore writes files and reports command-line errors (docs/reliability.md).
+"""How dlcore writes files (docs/reliability.md).
 
     atomic_write(path, write_fn)      every output file: a temporary beside it, fsync, os.replace
+    atomic_write_bytes(path, data)    the same for bytes in memory
     check_output_file(path, what)     refuse, before any work, an output file that cannot be written
     check_output_dir(path, what)      the same for an output folder
-    command_error(command, exc, args) the one-line error convention of `python -m dlcore CMD`
+
+(The command-line error convention is `dlcore.cli.common.command_error`.)
 
 A killed process leaves either the old file or the new one, never half a file: readers never see a partial
 checkpoint or image. What it can leave is its temporary, `.NAME.PID.tmp`; the next write of NAME (or the next
@@ -13,7 +15,6 @@ checkpoint or image. What it can leave is its temporary, `.NAME.PID.tmp`; the ne
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 
@@ -91,34 +92,6 @@ def atomic_write(path, write_fn) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------------------------------
-# The command-line error convention
-# --------------------------------------------------------------------------------------------------
-
-# Bad usage or input (exit 2); anything else is a failure while running (exit 1).
-BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    if "Original Traceback" in text:  # an error re-raised from a DataLoader worker: its own message is last
-        text = [line for line in text.splitlines() if line.strip()][-1]
-        text = text.split(": ", 1)[-1]
-    return " ".join(text.split()) or type(exc).__name__
-
-
-def add_debug_argument(parser) -> None:
-    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
-
-
-def command_error(command: str, exc: BaseException, args=None) -> int:
-    """Print `python -m dlcore COMMAND: problem; fix` on one line and return the exit code (2 input, 1 run).
-
-    With --debug the exception is re-raised instead, so its traceback shows.
-    """
-    if getattr(args, "debug", False):
-        raise exc
-    code = 2 if isinstance(exc, BAD_INPUT) else 1
-    hint = "" if code == 2 else f" ({type(exc).__name__}; rerun with --debug for the traceback)"
-    print(f"python -m dlcore {command}: {_one_line(exc)}{hint}", file=sys.stderr)
-    return code
+def atomic_write_bytes(path, data: bytes) -> Path:
+    """`atomic_write` of bytes already in memory (JSON, a .caffemodel)."""
+    return atomic_write(path, lambda f: f.write(data))

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlcore.atrous import layer_geometry, receptive_field
-from dlcore.backbones import ResNet101, VGG16, check_width, imagenet_weights, load_torchvision_weights
+from dlcore.backbones import ResNet101, VGG16, check_width
 from dlcore.heads import ASPP, DeepLabV1Head, FCNHead, resnet_branch, vgg_branch
+from dlcore.imagenet import imagenet_weights, load_torchvision_weights
 
 __all__ = ["build_model", "available", "fov_table", "FCN", "DeepLab", "MSC"]
 

@@ -110,7 +110,7 @@ def pretrain(arch: str, *, width: float, steps: int, batch_size: int = 16, lr: f
     from tqdm.auto import tqdm
 
     from dlcore.data.transforms import normalize
-    from dlcore.engine import poly_lr
+    from dlcore.train import poly_lr
 
     torch.manual_seed(seed)
     data = SceneLabels(n_images)

@@ -6,17 +6,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from dlcore.io import atomic_write
+
 DPI = 100
 FIG_DIR_ENV = "DLCORE_FIG_DIR"
 
 
 def savefig(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
     """Write `fig_dir/name.png` at a fixed dpi with no timestamp, so a regenerated figure changes only with its content."""
-    out = Path(fig_dir) / f"{name}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Agg + no "Software"/date metadata -> byte-identical output for identical content.
-    fig.savefig(out, dpi=DPI, metadata={"Software": None}, format="png")
-    return out
+    return atomic_write(Path(fig_dir) / f"{name}.png",
+                        lambda f: fig.savefig(f, dpi=DPI, metadata={"Software": None}, format="png"))
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:

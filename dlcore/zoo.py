@@ -271,7 +271,7 @@ def build(name: str) -> nn.Module:
 def start_from_pretrained(model: nn.Module, pretrained: dict) -> nn.Module:
     """Copy the pre-trained classifier into `model` as the papers copy ImageNet's: the trunk as is; VGG's fc6 and
     fc7 convolutionalized (FCN, same size) or subsampled (DeepLab's smaller fc6 kernels and fewer filters)."""
-    from dlcore.backbones import subsample_fc
+    from dlcore.heads import subsample_fc
 
     trunk = {k.removeprefix("backbone."): v for k, v in pretrained.items() if k.startswith("backbone.")}
     missing = model.backbone.load_state_dict(trunk, strict=False).missing_keys
@@ -461,7 +461,7 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     steps = schedule(name, "STEPS")
     from tqdm.auto import tqdm
 
-    from dlcore.engine import _param_groups, poly_lr, segmentation_loss
+    from dlcore.train import param_groups as _param_groups, poly_lr, segmentation_loss
 
     device = torch.device(device)
     model = _seeded_model(name, seed, zoo_dir).to(device)
@@ -706,7 +706,7 @@ def add_zoo_arguments(p) -> None:
     t.add_argument("--zoo-dir", default=str(ZOO_DIR), help=f"where the zoo lives (default {ZOO_DIR})")
     t.add_argument("--schedule", choices=("full", "tiny"), default="full",
                    help="tiny: every code path in seconds, numbers meaningless (needs another --zoo-dir)")
-    from dlcore.io import add_debug_argument
+    from dlcore.cli.common import add_debug_argument
 
     add_debug_argument(t)
     ls = sub.add_parser("list", help="every zoo entry with its state (ok, missing, altered)")
@@ -714,7 +714,7 @@ def add_zoo_arguments(p) -> None:
 
 
 def run_zoo(args) -> int:
-    from dlcore.io import command_error
+    from dlcore.cli.common import command_error
 
     zoo_dir = Path(getattr(args, "zoo_dir", ZOO_DIR))
     try:

@@ -245,3 +245,19 @@ def test_output_stride_keeps_the_first_strides():
         torch.testing.assert_close(dense[..., ::8, ::8], os8(x), atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="output_stride"):
         make_dense(net, output_stride=0)
+
+
+def test_make_dense_can_keep_pools_undilated_as_the_caffe_model():
+    """dilate_pools=False (DeepLab's released pool5): a pool loses its stride but keeps its window and padding;
+    the layers after it still get the rate, and the weights are shared. VGG16(dense=True) is built this way."""
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(1, 1, 3, padding=1),
+                        nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(1, 1, 3, padding=1))
+    dense = make_dense(net, dilate_pools=False)
+    assert len(dense) == len(net)  # no padding layers inserted: a trunk's state-dict keys stay the same
+    assert (dense[3].stride, dense[3].padding, dense[3].dilation) == (1, 1, 1)
+    assert dense[2].dilation == (2, 2) and dense[4].dilation == (4, 4) and dense[4].padding == (4, 4)
+    assert dense[4].weight is net[4].weight
+    proper = make_dense(net)  # the hole algorithm itself dilates the second pool by 2
+    assert any(isinstance(m, nn.MaxPool2d) and m.dilation == 2 for m in proper)
+    with pytest.raises(ValueError, match="dilate_pools"):
+        make_dense(net, dilate_pools="no")

@@ -1,6 +1,6 @@
 """`python -m dlcore train` / `eval`: the README's commands on tiny synthetic runs, and one-line errors (exit code 2).
 
-Called in-process through dlcore.__main__.main for speed; one subprocess for `--help`, one for torchrun.
+Called in-process through dlcore.cli.main for speed; one subprocess for `--help`, one for torchrun.
 """
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlcore.__main__ import main
+from dlcore.cli import main
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +133,13 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert done.stdout.count("step 2/2") == 1  # printed by rank 0 only
     assert load_checkpoint(out / "last.pt")["step"] == 2 and len(load_checkpoint(out / "last.pt")["rng"]) == 2
     assert load_model(out / "last.pt", name=MODEL).name == MODEL
+
+
+def test_eval_crf_uses_the_settings_a_checkpoint_records():
+    """An imported release records its CRF (e.g. DeepLab v2 ResNet-101's sigma_alpha 67); --crf applies those."""
+    from dlcore.cli.common import checkpoint_crf
+
+    recorded = {"iterations": 10, "w1": 4.0, "sigma_alpha": 67.0, "sigma_beta": 3.0, "w2": 3.0, "sigma_gamma": 1.0}
+    assert checkpoint_crf(True, {"crf": recorded}) == recorded
+    assert checkpoint_crf(True, {}) is True
+    assert checkpoint_crf(False, {"crf": recorded}) is None

@@ -503,7 +503,7 @@ def test_fetch_verifies_and_renames_part_file(tmp_path):
 
 
 def test_download_cli_arguments():
-    from dlcore.__main__ import build_parser
+    from dlcore.cli import build_parser
 
     args = build_parser("download").parse_args(["download", "voc", "--root", "/x", "--sbd"])
     assert args.command == "download" and args.dataset == "voc" and args.root == "/x" and args.sbd

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dlcore.crf import DenseCRF, PermutohedralLattice, crf_features
-from dlcore.predict import Predictor
+from dlcore.inference import Predictor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -99,14 +99,14 @@ def test_end_to_end_predict_with_crf_stays_on_the_gpu_and_equals_cpu():
 
 
 def test_training_with_bf16_autocast_on_cuda_lowers_the_loss(tmp_path):
-    from dlcore import engine
+    from dlcore.train import train
     from dlcore.data import SyntheticScenes
     from dlcore.models import build_model
 
     torch.manual_seed(0)
     model = build_model("deeplab-v2-resnet101-aspp-l-msc", num_classes=SyntheticScenes.num_classes, width=0.125)
     data = SyntheticScenes("train", n=32, size=64)
-    result = engine.train(model, data, steps=40, batch_size=8, lr=0.01, device="cuda", progress=False,
+    result = train(model, data, steps=40, batch_size=8, lr=0.01, device="cuda", progress=False,
                           checkpoint_dir=tmp_path, checkpoint_every=20)
     assert next(model.parameters()).device.type == "cuda"
     assert np.mean(result["losses"][-5:]) < np.mean(result["losses"][:5])

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from dlcore.backbones import (ResNet101, VGG16, bilinear_kernel, imagenet_weights, load_torchvision_weights,
-                              subsample_fc)
+from dlcore.backbones import ResNet101, VGG16
+from dlcore.heads import bilinear_kernel, subsample_fc
+from dlcore.imagenet import imagenet_weights, load_torchvision_weights
 from dlcore.models import MSC, available, build_model, fov_table
 
 torch.set_num_threads(1)
@@ -408,3 +409,24 @@ def test_convolutionalized_classifier_equals_sliding_window():
 def test_convolutionalize_rejects_wrong_window():
     with pytest.raises(ValueError, match="cannot read"):
         __import__('dlcore.heads').heads.convolutionalize(nn.Linear(10, 2), 3, 2)
+
+
+def test_build_model_loads_imagenet_weights_from_a_saved_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        reference = torchvision.models.resnet101(weights=None)
+    state = {k: torch.randn(v.shape) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype)
+             for k, v in reference.state_dict().items()}
+    path = tmp_path / "resnet101.pth"
+    torch.save(state, path)
+    model = build_model("deeplab-v2-resnet101-aspp-l", weights=path)
+    for key in ("conv1.weight", "bn1.running_var", "layer3.22.conv2.weight", "layer4.2.bn3.bias"):
+        assert torch.equal(model.backbone.state_dict()[key], state[key]), key
+
+    state["layer1.0.conv1.weight"] = torch.zeros(1, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight.*\(1, 2, 3, 3\)"):
+        load_torchvision_weights(model, state)
+    with pytest.raises(ValueError, match="width"):
+        load_torchvision_weights(build_model("deeplab-v1-largefov", width=W), state)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dlcore.__main__ import COMMANDS, _hooks, build_parser
+from dlcore.cli import COMMANDS, build_parser, hooks as _hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 

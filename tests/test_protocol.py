@@ -1,17 +1,13 @@
-"""The VOC protocol helpers, the papers' tables, per-class tables and the CRF search (on fixtures)."""
+"""The papers' tables, per-class tables, and the VOC protocol on a fixture (the `voc` and `voc_model` fixtures:
+tests/conftest.py)."""
 
 import math
 
 import numpy as np
 import pytest
-import torch
 
-from dlcore.checkpoint import checkpoint_meta, save_checkpoint
-from dlcore.models import build_model
-from dlcore.protocol import (NOT_RUN, TABLES, VOC_CLASSES, crf_search, evaluate_voc, format_crf_search,
-                             heldout_indices, measured_rows, paper_vs_measured, per_class_table, write_voc_fixture)
-
-W = 0.0625
+from dlcore.inference import evaluate_voc
+from dlcore.protocol import NOT_RUN, TABLES, VOC_CLASSES, measured_rows, paper_vs_measured, per_class_table
 
 
 def test_published_numbers():
@@ -74,63 +70,12 @@ def test_per_class_table_in_the_papers_form():
     assert len(VOC_CLASSES) == 21 and VOC_CLASSES[-1] == "tvmonitor"
 
 
-def test_heldout_indices_are_spread_and_deterministic():
-    assert heldout_indices(1449, 100) == heldout_indices(1449, 100)
-    idx = heldout_indices(1449, 100)
-    assert len(idx) == 100 and idx[0] == 0 and idx[-1] == 1448
-    assert heldout_indices(3, 100) == [0, 1, 2]
-    with pytest.raises(ValueError):
-        heldout_indices(10, 0)
-
-
-@pytest.fixture(scope="module")
-def voc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("voc")
-    write_voc_fixture(root, n_train=1, n_val=3, size=40)
-    return root
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("deeplab-v1-largefov", width=W).eval()
-
-
-def test_evaluate_voc_on_a_fixture_ignores_void(voc, model):
+def test_evaluate_voc_on_a_fixture_ignores_void(voc, voc_model):
     from dlcore.data import VOCSegmentation
 
     ds = VOCSegmentation(voc, split="val")
     assert len(ds) == 3 and (ds[0][1] == 255).any()
-    plain = evaluate_voc(model, voc, progress=False)
-    crf = evaluate_voc(model, voc, crf=True, progress=False)
+    plain = evaluate_voc(voc_model, voc, progress=False)
+    crf = evaluate_voc(voc_model, voc, crf=True, progress=False)
     assert 0 <= plain["miou"] <= 1 and 0 <= crf["miou"] <= 1 and plain["iou"].shape == (21,)
     assert plain["confusion"].sum() == sum(int((ds[i][1] != 255).sum()) for i in range(3))
-
-
-def test_crf_search_grid_and_table(voc, model):
-    from dlcore.data import VOCSegmentation
-
-    ds = VOCSegmentation(voc, split="val")
-    result = crf_search(model, ds, n_heldout=2, w1=(3, 5), sigma_alpha=(30,), sigma_beta=(3, 10), iterations=2,
-                        progress=False)
-    assert result["images"] == 2 and len(result["rows"]) == 4
-    assert result["best"]["miou"] == max(r["miou"] for r in result["rows"])
-    assert {(r["w1"], r["sigma_beta"]) for r in result["rows"]} == {(3, 3), (3, 10), (5, 3), (5, 10)}
-    text = format_crf_search(result)
-    assert "**best**" in text and "w2 = 3, sigma_gamma = 3" in text and text.splitlines()[-1].startswith("best: w1=")
-
-
-def test_crf_search_cli(tmp_path, voc, model, capsys):
-    from dlcore.__main__ import main
-
-    ckpt = save_checkpoint(tmp_path / "m.pt", model=model.state_dict(), step=0, meta=checkpoint_meta(model))
-    args = ["crf-search", "--model", "deeplab-v1-largefov", "--checkpoint", str(ckpt), "--data", "voc", "--root",
-            str(voc), "--n-heldout", "2", "--w1", "4", "--sigma-alpha", "30", "50", "--sigma-beta", "5",
-            "--iterations", "1", "--device", "cpu", "--no-progress"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "| 4 | 50 | 5 |" in out and "best: w1=4" in out
-    assert main([*args[:2], "fcn8s", *args[3:]]) == 2
-    assert "is for model deeplab-v1-largefov, not fcn8s" in capsys.readouterr().err
-    assert main(["crf-search", "--model", "deeplab-v1-largefov", "--checkpoint", str(ckpt), "--data", "voc"]) == 2
-    assert "--root" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcore.__main__ import main
+from dlcore.cli import main
 from dlcore.checkpoint import checkpoint_meta, load_checkpoint, load_model, save_checkpoint
 from dlcore.crf import DenseCRF, dense_crf
 from dlcore.models import build_model
@@ -103,7 +103,7 @@ def test_import_caffe_refuses_to_overwrite_its_input(tmp_path, capsys):
 # ================================================================================ 2. images read right
 
 def test_16_bit_images_are_scaled_by_their_range(tmp_path, ckpt):
-    from dlcore.segment import read_photo
+    from dlcore.data import read_image as read_photo
 
     grey = np.linspace(0, 65535, 20 * 16).reshape(16, 20).astype(np.uint16)
     Image.fromarray(grey).save(tmp_path / "deep.png")
@@ -186,7 +186,7 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, capsys):
 
 
 def test_non_finite_caffe_weights_are_refused(tmp_path, capsys):
-    from dlcore.weights import export_caffe, write_caffemodel
+    from dlcore.caffe import export_caffe, write_caffemodel
 
     layers = export_caffe(build_model(MODEL, width=W))
     layers[0][2][0][0, 0, 0, 0] = np.nan  # conv1_1's weight
@@ -381,7 +381,7 @@ def test_eval_errors(run_dir, tmp_path, capsys):
 
 
 def test_eval_names_a_binary_split_list(ckpt, tmp_path, capsys):
-    from dlcore.protocol import write_voc_fixture
+    from dlcore.data.voc import write_voc_fixture
 
     voc = write_voc_fixture(tmp_path / "voc", n_train=1, n_val=1, size=32)
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_bytes(b"\xff\xfe\x00\x81binary")
@@ -413,7 +413,7 @@ def test_train_is_seeded_and_cleans_stale_temporaries(tmp_path):
 
 def test_train_names_a_bad_voc_label(tmp_path, capsys):
     from dlcore.data.palette import read_label_png, save_label_png
-    from dlcore.protocol import write_voc_fixture
+    from dlcore.data.voc import write_voc_fixture
 
     voc = write_voc_fixture(tmp_path / "voc", n_train=2, n_val=1, size=32)
     label = sorted((voc / "SegmentationClass").glob("2007_train_*.png"))[0]
@@ -439,7 +439,7 @@ def test_crf_search_arguments(ckpt, capsys, flag, value, match):
 
 
 def test_import_caffe_names_the_file_of_an_impossible_blob(tmp_path, capsys):
-    from dlcore import weights
+    from dlcore.caffe import proto as weights
 
     dims = weights._enc_varint(2 ** 32) * 2
     blob = weights._enc_len(7, weights._enc_len(1, dims))  # shape [2^32, 2^32], no data

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcore.__main__ import main
+from dlcore.cli import main
 from dlcore.checkpoint import checkpoint_meta, save_checkpoint
 from dlcore.data.palette import read_label_png
 from dlcore.models import build_model
@@ -70,19 +70,19 @@ def test_large_images_are_resized_and_labels_brought_back(tmp_path, checkpoint):
 
 
 def test_normalization_comes_from_the_checkpoint(tmp_path, monkeypatch):
-    import dlcore.predict
+    import dlcore.inference
 
     model = build_model("deeplab-v1-largefov", width=W)
     ckpt = save_checkpoint(tmp_path / "caffe.pt", model=model.state_dict(), step=0,
                            meta=checkpoint_meta(model, normalize="caffe"))
     seen = []
-    original = dlcore.predict.Predictor.__init__
+    original = dlcore.inference.Predictor.__init__
 
     def spy(self, *args, **kwargs):
         seen.append(kwargs.get("normalize"))
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(dlcore.predict.Predictor, "__init__", spy)
+    monkeypatch.setattr(dlcore.inference.Predictor, "__init__", spy)
     assert _run(_photo(tmp_path / "a.png", 20, 20), "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
     assert seen == ["caffe"]
 

@@ -9,8 +9,8 @@ permutohedral lattice (`lattice.py`); `exact.py` is the O(N^2) reference. The nu
 Defaults are DeepLab v1's DeepLab-LargeFOV settings, cross-validated on VOC 2012 val (DeepLab v1, Sec. 4.1
 and its released CRF config): w1 = 4, sigma_alpha = 121, sigma_beta = 5, w2 = 3, sigma_gamma = 3,
 10 iterations. DeepLab v2 fixes w2 = 3, sigma_gamma = 3 in the paper (Sec. 4.1) and cross-validates the rest;
-its released ResNet-101 VOC config is `DEEPLAB_V2_RESNET101` below (w1 = 4, sigma_alpha = 67,
-sigma_beta = 3, w2 = 3, sigma_gamma = 1).
+its released ResNet-101 VOC config is `DEEPLAB_V2_RESNET101` (w1 = 4, sigma_alpha = 67, sigma_beta = 3,
+w2 = 3, sigma_gamma = 1). Both, and `paper_crf(model name)`, are in `defaults.py`.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from dlcore.crf.defaults import DEEPLAB_V1_LARGEFOV, DEEPLAB_V2_RESNET101, DEFAULTS, paper_crf
 from dlcore.crf.exact import exact_gaussian_filter, kernels_at
 from dlcore.crf.lattice import PermutohedralLattice, check_lattice_fits, lattice_memory_bytes
 from dlcore.crf.meanfield import NORMALIZATIONS, PROB_FLOOR, kl_divergence, mean_field, pairwise_filter
 
 __all__ = [
     "dense_crf", "DenseCRF", "PermutohedralLattice", "exact_gaussian_filter", "kernels_at", "crf_features",
-    "lattice_memory_bytes", "kl_divergence", "DEEPLAB_V1_LARGEFOV", "DEEPLAB_V2_RESNET101",
+    "lattice_memory_bytes", "kl_divergence", "DEFAULTS", "DEEPLAB_V1_LARGEFOV", "DEEPLAB_V2_RESNET101", "paper_crf",
 ]
 
-DEEPLAB_V1_LARGEFOV = dict(iterations=10, w1=4.0, sigma_alpha=121.0, sigma_beta=5.0, w2=3.0, sigma_gamma=3.0)
-DEEPLAB_V2_RESNET101 = dict(iterations=10, w1=4.0, sigma_alpha=67.0, sigma_beta=3.0, w2=3.0, sigma_gamma=1.0)
 
 # Probabilities must sum to 1 over labels up to float32 rounding of a softmax.
 _SUM_TOL = 1e-3
@@ -157,8 +156,9 @@ class DenseCRF(nn.Module):
     a batch costs a handful of sparse matrix products per iteration. No learnable parameters.
     """
 
-    def __init__(self, iterations: int = 10, *, w1: float = 4.0, sigma_alpha: float = 121.0, sigma_beta: float = 5.0,
-                 w2: float = 3.0, sigma_gamma: float = 3.0, normalization: str = "symmetric",
+    def __init__(self, iterations: int = DEFAULTS["iterations"], *, w1: float = DEFAULTS["w1"],
+                 sigma_alpha: float = DEFAULTS["sigma_alpha"], sigma_beta: float = DEFAULTS["sigma_beta"],
+                 w2: float = DEFAULTS["w2"], sigma_gamma: float = DEFAULTS["sigma_gamma"], normalization: str = "symmetric",
                  max_memory_bytes: int | None = None):
         super().__init__()
         _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization, max_memory_bytes)
@@ -204,8 +204,9 @@ class DenseCRF(nn.Module):
         return to_batch(q)
 
 
-def dense_crf(image, probs, iterations: int = 10, *, w1: float = 4.0, sigma_alpha: float = 121.0,
-              sigma_beta: float = 5.0, w2: float = 3.0, sigma_gamma: float = 3.0, normalization: str = "symmetric",
+def dense_crf(image, probs, iterations: int = DEFAULTS["iterations"], *, w1: float = DEFAULTS["w1"],
+              sigma_alpha: float = DEFAULTS["sigma_alpha"], sigma_beta: float = DEFAULTS["sigma_beta"],
+              w2: float = DEFAULTS["w2"], sigma_gamma: float = DEFAULTS["sigma_gamma"], normalization: str = "symmetric",
               trace: list | None = None, max_memory_bytes: int | None = None):
     """Refine DCNN probabilities with the fully connected CRF (DeepLab v1 Sec. 4, Krähenbühl & Koltun 2011).
 

@@ -218,27 +218,3 @@ def download_voc(root, *, sbd: bool = False, keep: bool = False, progress: bool 
     if macosx.is_dir():
         shutil.rmtree(macosx)
     return voc
-
-
-def add_download_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    voc = sub.add_parser("voc", help="PASCAL VOC 2012 trainval (+ SBD trainaug labels with --sbd)",
-                         description=__doc__.split("\n\n")[1])
-    voc.add_argument("--root", required=True, help="folder to download into; VOCdevkit/VOC2012 is created inside")
-    voc.add_argument("--sbd", action="store_true", help="also fetch SegmentationClassAug (SBD, for split trainaug)")
-    voc.add_argument("--keep", action="store_true", help="keep the downloaded archives after unpacking")
-    voc.add_argument("--no-progress", action="store_true", help="no progress bar")
-    voc.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
-
-
-def run_download(args) -> int:
-    from dlcore.io import command_error
-
-    try:
-        voc = download_voc(args.root, sbd=args.sbd, keep=args.keep, progress=not args.no_progress)
-    except Exception as exc:  # one line (docs/reliability.md); --debug shows the traceback
-        command_error("download", exc, args)
-        return 1  # every download problem arises while running: the network, a checksum, a damaged archive
-    print(f"PASCAL VOC 2012 is in {voc}; use VOCSegmentation({str(args.root)!r}, split='train'|'val'"
-          + ("|'trainaug'" if args.sbd else "") + ")")
-    return 0

@@ -8,11 +8,12 @@ palette only makes them viewable. The palette is the bit-interleaving scheme of 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from dlcore.io import atomic_write
 
 
 def _voc_palette(n: int = 256) -> np.ndarray:
@@ -63,18 +64,9 @@ def save_label_png(labels, path) -> Path:
     labels = _as_numpy_labels(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"a label PNG holds 0..255, got range {labels.min()}..{labels.max()}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(VOC_PALETTE.tobytes())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def read_label_png(path) -> np.ndarray:

@@ -50,7 +50,7 @@ def normalize(images: torch.Tensor, mode: str = "imagenet") -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _channel_constants(values: tuple, device: torch.device) -> torch.Tensor:
-    """[3,1,1] constants, made once per device: a CUDA graph capture (dlcore.predict) may not copy host data."""
+    """[3,1,1] constants, made once per device: a CUDA graph capture (dlcore.inference) may not copy host data."""
     return torch.tensor(values, device=device).view(3, 1, 1)
 
 

@@ -13,6 +13,8 @@ SegmentationClass; "trainaug" (10,582: VOC train + SBD, minus VOC val, as DeepLa
 SegmentationClassAug, with ids from ImageSets/Segmentation/trainaug.txt when that file is there, otherwise
 (VOC train ids  U  every id with a SegmentationClassAug label) minus the VOC val ids, sorted. For an id in
 both, the SegmentationClassAug label is used (the DeepLab list does the same).
+
+`write_voc_fixture` writes a tiny dataset in this exact layout from SyntheticScenes (tests, notebook 08).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from dlcore.data.palette import read_label_png
+from dlcore.data.palette import read_label_png, save_label_png
 
-VOC_CLASSES = [
+VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-]
+)
 SPLITS = ("train", "val", "trainaug")
 DOWNLOAD_HINT = "python -m dlcore download voc --root DIR"
 LAYOUT = ("DIR/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/{train,val}.txt}"
@@ -119,3 +121,27 @@ class VOCSegmentation(Dataset):
 
     def __repr__(self) -> str:
         return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}): {len(self)} images"
+
+
+def write_voc_fixture(root, *, n_train: int = 4, n_val: int = 4, size=64, seed: int = 0) -> Path:
+    """A tiny dataset in the exact VOC 2012 layout, made from SyntheticScenes (tests and notebook 08 smoke runs).
+
+    root/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/{train,val}.txt};
+    SyntheticScenes' classes (fewer than 21) are written as VOC class indices, the void band as 255.
+    Returns the VOC2012 folder.
+    """
+    from PIL import Image
+
+    from dlcore.data.synthetic import SyntheticScenes
+
+    voc = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        scenes = SyntheticScenes(split, n=n, size=size, seed=seed)
+        ids = [f"2007_{split}_{i:06d}" for i in range(n)]
+        for name, (image, mask) in zip(ids, (scenes[i] for i in range(n))):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
+            save_label_png(mask.numpy(), voc / "SegmentationClass" / f"{name}.png")
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return voc

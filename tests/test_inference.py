@@ -1,15 +1,18 @@
-"""dlcore.predict: on CPU the end-to-end path equals the plain model + upsampling + DenseCRF + argmax,
-and the CUDA-only speed options are off by default and refused by name."""
+"""dlcore.inference: on CPU the end-to-end path (Predictor) equals the plain model + upsampling + DenseCRF +
+argmax, the CUDA-only speed options are off by default and refused by name, and evaluate / predict_probs /
+forward_probs (multi-scale, flip, CRF) score as the metrics do."""
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcore.predict import (Predictor, activation_megabytes, as_batch, build_crf, images_per_second, predict,
-                            recorded_gpu_results)
+from dlcore import inference
+from dlcore.inference import Predictor, as_batch, crf_stage as build_crf, forward_probs, predict, predict_probs
+from tinynet import TinyScenes, fresh_model
 
 torch.set_num_threads(2)
 
@@ -160,73 +163,113 @@ def test_a_dlcore_model_end_to_end(images):
     assert torch.equal(predict(model, images, crf=params, device="cpu"), expected)
 
 
-def test_images_per_second_counts_images_and_calls():
-    calls = []
-    ips = images_per_second(lambda x: calls.append(x.shape[0]), torch.zeros(4, 3, 2, 2), iters=3, warmup=2)
-    assert calls == [4] * 5 and ips > 0
-    with pytest.raises(ValueError, match="iters >= 1"):
-        images_per_second(lambda x: x, torch.zeros(1), iters=0)
+# --------------------------------------------------------------------------------------------- evaluation
+
+class Oracle(nn.Module):
+    """Logits = the colour channels (normalisation undone): their argmax is exactly TinyScenes' label."""
+
+    def forward(self, x):
+        from dlcore.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        return 50 * (x * std + mean)
 
 
-def test_activation_megabytes_grows_with_a_denser_map():
-    """Output stride 8 keeps 4x the feature-map pixels of 16: the measure sees it (exactly, for this net)."""
-    coarse = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.ReLU())
-    dense = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
-    x = torch.zeros(1, 3, 64, 64)
-    assert activation_megabytes(coarse, x) == pytest.approx(2 * 8 * 16 * 16 * 4 / 2**20)
-    assert activation_megabytes(dense, x) == pytest.approx(4 * activation_megabytes(coarse, x))
+def test_evaluate_perfect_model_and_void_ignored():
+    scores = inference.evaluate(Oracle(), TinyScenes(n=3), 3)
+    assert scores["miou"] == pytest.approx(1.0) and scores["pixel_acc"] == pytest.approx(1.0)
+    assert scores["confusion"].sum() == 3 * 15 * 16  # the void row is not counted
 
 
-SECTIONS = """# Benchmark results
+def test_evaluate_equals_metrics_on_predictions():
+    from dlcore.metrics import scores as metric_scores
 
-## CRF, GPU
-- date: 2026-11-23
-- machine: one NVIDIA H100 (lent machine)
-- command: `python benchmarks/crf.py --device cuda`
-
-| model | images/s |
-|---|---|
-| x | 9 |
-
-## models, CPU
-- date: 2026-11-22
-- machine: 2-core CPU dev box (shared, noisy), no GPU
-- command: `python benchmarks/models.py --quick`
-
-| model | images/s |
-|---|---|
-| y | 1 |
-"""
+    model = fresh_model()
+    data = TinyScenes(n=4, seed=1)
+    preds = torch.stack([predict_probs(model, data[i][0]).argmax(0) for i in range(4)])
+    targets = torch.stack([data[i][1] for i in range(4)])
+    expected = metric_scores(preds, targets, 3)
+    for batch_size in (1, 3):
+        got = inference.evaluate(model, data, 3, batch_size=batch_size)
+        for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
+            assert got[key] == pytest.approx(expected[key]), key
 
 
-def test_recorded_gpu_results_keeps_gpu_sections_only(tmp_path):
-    path = tmp_path / "RESULTS.md"
-    path.write_text(SECTIONS)
-    (gpu,) = recorded_gpu_results(path)
-    assert gpu["title"] == "CRF, GPU" and gpu["date"] == "2026-11-23" and "H100" in gpu["machine"]
-    assert gpu["command"] == "python benchmarks/crf.py --device cuda"
-    assert gpu["table"].splitlines()[-1] == "| x | 9 |"
-    path.write_text(SECTIONS.replace("| x | 9 |\n", "| x | 9 |\n\nsecond table:\n\n| a |\n|---|\n"))
-    assert recorded_gpu_results(path)[0]["table"].endswith("| x | 9 |\n\n| a |\n|---|")
-    path.write_text(SECTIONS)
-    path.write_text(SECTIONS.split("## CRF")[0] + "## models" + SECTIONS.split("## models")[1])
-    assert recorded_gpu_results(path) == []
-    with pytest.raises(FileNotFoundError, match="RESULTS.md"):
-        recorded_gpu_results(tmp_path / "missing.md")
+def test_predict_probs_is_a_distribution_at_full_size():
+    image = TinyScenes(size=12)[0][0]
+    probs = predict_probs(fresh_model(), image)
+    assert probs.dtype == torch.float32 and probs.device.type == "cpu" and probs.shape == (3, 12, 12)
+    torch.testing.assert_close(probs.sum(0), torch.ones(12, 12))
+    with pytest.raises(ValueError, match="uint8 image"):
+        predict_probs(fresh_model(), image.float())
 
 
-def test_benchmark_table_ratios_are_against_the_same_run_reference():
-    """benchmarks/models.py divides each row by the references of the same dtype and batch."""
-    import importlib.util
-    from pathlib import Path
+def test_multiscale_and_flip_average_probabilities():
+    from dlcore.data.transforms import normalize
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
-    spec = importlib.util.spec_from_file_location("bench_models", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = [{"model": "fcn_resnet101", "dtype": "fp32", "batch": 1, "size": 9, "ips": 2.0},
-            {"model": "deeplabv3_resnet101", "dtype": "fp32", "batch": 1, "size": 9, "ips": 4.0},
-            {"model": "ours", "dtype": "fp32", "batch": 1, "size": 9, "ips": 8.0}]
-    table = bench.markdown(rows, [{"model": "ours", "batch": 1, "size": "5x4", "ips": 3.0}])
-    assert "| ours | fp32 | 1 | 9 | 8.00 | 4.00 | 2.00 |" in table
-    assert "| ours | 1 | 5x4 | 3.00 |" in table
+    model = fresh_model().eval()
+    images = torch.stack([TinyScenes(size=12)[i][0] for i in range(2)])
+    x = normalize(images)
+
+    def probs_at(s, flipped):
+        xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) if s != 1 else x
+        y = model(xs.flip(-1) if flipped else xs)
+        y = y.flip(-1) if flipped else y
+        return F.interpolate(y, size=(12, 12), mode="bilinear", align_corners=False).softmax(1)
+
+    with torch.no_grad():
+        expected = sum(probs_at(s, f) for s in (0.5, 1.0) for f in (False, True)) / 4
+        got = forward_probs(model, images, scales=(0.5, 1), flip=True)
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(forward_probs(model, images), model(x).softmax(1))
+    with pytest.raises(ValueError, match="scales"):
+        inference.evaluate(model, TinyScenes(n=1), 3, scales=())
+
+
+def test_crf_true_equals_dense_crf_on_each_image():
+    from dlcore.crf import dense_crf
+    from dlcore.metrics import scores as metric_scores
+
+    model = fresh_model()
+    data = TinyScenes(n=2, size=12)
+    preds, targets = [], []
+    for i in range(2):
+        image, mask = data[i]
+        q = dense_crf(image.permute(1, 2, 0).numpy(), predict_probs(model, image).numpy())
+        preds.append(q.argmax(0))
+        targets.append(mask.numpy())
+    expected = metric_scores(np.stack(preds), np.stack(targets), 3)
+    got = inference.evaluate(model, data, 3, crf=True)
+    assert got["miou"] == pytest.approx(expected["miou"])
+    got_dict = inference.evaluate(model, data, 3, crf={"iterations": 0})  # dense_crf parameters; 0 = no change
+    assert got_dict["miou"] == pytest.approx(inference.evaluate(model, data, 3)["miou"])
+
+
+def test_crf_callable_gets_numpy_image_and_probs():
+    seen = []
+
+    def always_red(image, probs):
+        seen.append((image.dtype, image.shape, probs.shape))
+        out = np.zeros_like(probs)
+        out[0] = 1
+        return out
+
+    data = TinyScenes(n=2, size=12)
+    scores = inference.evaluate(fresh_model(), data, 3, crf=always_red)
+    assert seen == [(np.uint8, (12, 12, 3), (3, 12, 12))] * 2
+    red = sum(int((data[i][1] == 0).sum()) for i in range(2))
+    assert scores["pixel_acc"] == pytest.approx(red / (2 * 11 * 12))
+    with pytest.raises(ValueError, match="crf"):
+        inference.evaluate(fresh_model(), data, 3, crf="yes")
+
+
+def test_evaluate_takes_a_predictor():
+    """evaluate(Predictor) is the fast form of evaluate(model): the same scores; options go on the Predictor."""
+    data = TinyScenes(n=3, size=12)
+    model = fresh_model()
+    expected = inference.evaluate(model, data, 3, crf={"iterations": 2}, scales=(0.5, 1), flip=True)
+    predictor = Predictor(model, device="cpu", crf={"iterations": 2}, scales=(0.5, 1), flip=True)
+    got = inference.evaluate(predictor, data, 3)
+    assert np.array_equal(got["confusion"], expected["confusion"])
+    with pytest.raises(ValueError, match="set them on the Predictor"):
+        inference.evaluate(predictor, data, 3, flip=True)

@@ -1,4 +1,4 @@
-"""Caffe import without Caffe (wire-format reader, mapping, BN folding, CLI) and torchvision ImageNet weights."""
+"""dlcore.caffe: Caffe import without Caffe (wire-format reader, mapping, BN folding) and the import-caffe CLI."""
 
 import struct
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from dlcore.models import build_model
-from dlcore.weights import (export_caffe, import_caffe, load_imagenet, read_caffemodel, caffemodel_layers,
-                            write_caffemodel)
+from dlcore.caffe import caffemodel_layers, export_caffe, import_caffe, read_caffemodel, write_caffemodel
 
 W = 0.0625  # tiny models: the mapping is shape-generic, so a small-width file tests the full-width logic
 
@@ -225,7 +224,7 @@ def test_models_without_a_caffe_counterpart_are_refused_clearly(tmp_path):
 # ------------------------------------------------------------------------------------------------- CLI
 
 def test_import_caffe_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
-    from dlcore.__main__ import main
+    from dlcore.cli import main
     from dlcore.checkpoint import load_checkpoint, load_model
 
     source = _randomize(build_model("deeplab-v1-largefov", width=W), seed=5)
@@ -249,27 +248,3 @@ def test_import_caffe_cli_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert main(["import-caffe", str(path), "--model", "deeplab-v2-resnet101-aspp-l", "--out", str(bad_out),
                  "--width", str(W)]) == 2
     assert "missing" in capsys.readouterr().err and not bad_out.exists()
-
-
-# --------------------------------------------------------------------------------------- torchvision
-
-def test_load_imagenet_from_a_saved_torchvision_state_dict(tmp_path):
-    import torchvision
-
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        reference = torchvision.models.resnet101(weights=None)
-    state = {k: torch.randn(v.shape) if v.is_floating_point() else torch.zeros(v.shape, dtype=v.dtype)
-             for k, v in reference.state_dict().items()}
-    path = tmp_path / "resnet101.pth"
-    torch.save(state, path)
-    model = build_model("deeplab-v2-resnet101-aspp-l")
-    load_imagenet(model, path)
-    for key in ("conv1.weight", "bn1.running_var", "layer3.22.conv2.weight", "layer4.2.bn3.bias"):
-        assert torch.equal(model.backbone.state_dict()[key], state[key]), key
-
-    state["layer1.0.conv1.weight"] = torch.zeros(1, 2, 3, 3)
-    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight.*\(1, 2, 3, 3\)"):
-        load_imagenet(model, state)
-    with pytest.raises(ValueError, match="width"):
-        load_imagenet(build_model("deeplab-v1-largefov", width=W), state)

@@ -1,6 +1,6 @@
-"""dlcore.engine / dlcore.checkpoint: the papers' SGD recipe, exact resume, DDP sharding, evaluation with MSC/flip/CRF.
+"""dlcore.train / dlcore.checkpoint: the papers' SGD recipe, exact resume, DDP sharding, checkpoints.
 
-Most tests use a 2-layer net and a tiny in-memory dataset (16 x 16 px), so they run in seconds on a shared CPU.
+Most tests use a 2-layer net and a tiny in-memory dataset (16 x 16 px, tests/tinynet.py), so they run in seconds.
 """
 
 import importlib.util
@@ -13,55 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcore import engine
-from dlcore.checkpoint import load_checkpoint, load_model, save_checkpoint
-from dlcore.engine import StepSampler, forward_probs, poly_lr, predict_probs, segmentation_loss
+from dlcore.checkpoint import checkpoint_meta, load_checkpoint, load_model, save_checkpoint
+from dlcore.train import StepSampler, param_groups, poly_lr, segmentation_loss, train
+from tinynet import TinyNet, TinyScenes, assert_same_weights, fresh_model
 
 torch.set_num_threads(1)
 HAVE_MODELS = importlib.util.find_spec("dlcore.models") is not None
 needs_models = pytest.mark.skipif(not HAVE_MODELS, reason="dlcore.models is not in the tree yet")
-
-
-class TinyNet(nn.Module):
-    """conv-relu-dropout + 1x1 classifier: what the engine needs of a dlcore model; dropout tests the RNG restore."""
-
-    name = "tiny"
-    output_stride = 1
-
-    def __init__(self, num_classes=3, width=1.0, dropout=0.3):
-        super().__init__()
-        self.num_classes, self.width, self.options = num_classes, width, {"dropout": dropout}
-        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Dropout2d(dropout))
-        self.classifier = nn.Conv2d(6, num_classes, 1)
-
-    def classifier_parameters(self):
-        return list(self.classifier.parameters())
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-class TinyScenes(torch.utils.data.Dataset):
-    """Random labels 0..2 drawn as red, green or blue pixels (the label's channel bright, the others dark), with a
-    void (255) top row, as VOC's void band."""
-
-    num_classes = 3
-    class_names = ["red", "green", "blue"]
-
-    def __init__(self, n=8, size=16, seed=0):
-        self.n, self.size, self.seed = n, size, seed
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(1000 * self.seed + i)
-        mask = torch.randint(0, 3, (self.size, self.size), generator=g)
-        dark = torch.randint(0, 100, (3, self.size, self.size), generator=g)
-        bright = torch.randint(150, 256, (3, self.size, self.size), generator=g)
-        image = torch.where(F.one_hot(mask, 3).permute(2, 0, 1).bool(), bright, dark).to(torch.uint8)
-        mask[0] = 255
-        return image, mask
 
 
 def random_flip(image, mask):
@@ -76,17 +34,7 @@ def tiny_train(model, tmp_path=None, **kwargs):
     if tmp_path is not None:
         options.update(checkpoint_dir=tmp_path, checkpoint_every=2)
     options.update(kwargs)
-    return engine.train(model, TinyScenes(), **options)
-
-
-def fresh_model(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return TinyNet(**kwargs)
-
-
-def assert_same_weights(a: nn.Module, b: nn.Module):
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), name
+    return train(model, TinyScenes(), **options)
 
 
 # --------------------------------------------------------------------------------------------- recipe pieces
@@ -100,12 +48,12 @@ def test_poly_learning_rate():
 
 def test_classifier_gets_ten_times_the_learning_rate():
     model = TinyNet()
-    groups = engine._param_groups(model, 0.01)
+    groups = param_groups(model, 0.01)
     assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.1)]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.classifier.parameters()}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
     plain = nn.Conv2d(3, 2, 1)  # no classifier_parameters(): one group at the base rate
-    assert [g["lr"] for g in engine._param_groups(plain, 0.01)] == [0.01]
+    assert [g["lr"] for g in param_groups(plain, 0.01)] == [0.01]
 
 
 def test_one_step_is_sgd_with_poly_lr_and_weight_decay():
@@ -119,7 +67,7 @@ def test_one_step_is_sgd_with_poly_lr_and_weight_decay():
     loss = segmentation_loss(reference(normalize(images[None])), masks[None])
     loss.backward()
     with pytest.raises(Interrupted):
-        engine.train(model, TinyScenes(n=1), steps=3, batch_size=1, lr=0.1, progress=False, on_step=_stop_after(1))
+        train(model, TinyScenes(n=1), steps=3, batch_size=1, lr=0.1, progress=False, on_step=_stop_after(1))
     for name, param in reference.named_parameters():
         mult = 10.0 if name.startswith("classifier") else 1.0
         expected = before[name] - 0.1 * mult * (param.grad + 5e-4 * before[name])
@@ -162,11 +110,11 @@ def test_msc_list_output_trains():
     torch.manual_seed(0)
     model = TwoOutputs()
     losses = []
-    engine.train(model, TinyScenes(), steps=1, batch_size=2, progress=False,
+    train(model, TinyScenes(), steps=1, batch_size=2, progress=False,
                  on_step=lambda step, loss: losses.append(loss))
     torch.manual_seed(0)
     single = TinyNet()
-    first = engine.train(single, TinyScenes(), steps=1, batch_size=2, progress=False)
+    first = train(single, TinyScenes(), steps=1, batch_size=2, progress=False)
     assert losses[0] > first["loss"]  # fused + 0.5-scaled map: two losses summed, more than the one
 
 
@@ -195,7 +143,7 @@ def test_sampler_ranks_split_each_global_batch():
 
 def test_training_lowers_the_loss():
     torch.manual_seed(0)
-    result = engine.train(TinyNet(dropout=0.0), TinyScenes(), steps=30, batch_size=4, lr=0.05, progress=False)
+    result = train(TinyNet(dropout=0.0), TinyScenes(), steps=30, batch_size=4, lr=0.05, progress=False)
     assert result["step"] == 30 and len(result["losses"]) == 30
     assert np.mean(result["losses"][-5:]) < 0.8 * np.mean(result["losses"][:5])
     assert result["lr"] == pytest.approx(poly_lr(0.05, 29, 30))
@@ -269,9 +217,9 @@ def test_new_run_does_not_overwrite_and_resume_needs_a_checkpoint(tmp_path):
 
 def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match="steps"):
-        engine.train(TinyNet(), TinyScenes(), steps=0, progress=False)
+        train(TinyNet(), TinyScenes(), steps=0, progress=False)
     with pytest.raises(ValueError, match="checkpoint_dir"):
-        engine.train(TinyNet(), TinyScenes(), steps=1, resume=True, progress=False)
+        train(TinyNet(), TinyScenes(), steps=1, resume=True, progress=False)
 
     class Mixed(TinyScenes):
         def __getitem__(self, i):
@@ -279,7 +227,7 @@ def test_bad_arguments_are_clear():
             return (image, mask) if i % 2 else (image[:, :8], mask[:8])
 
     with pytest.raises(ValueError, match="mixes image sizes.*crop"):
-        engine.train(TinyNet(), Mixed(), steps=1, batch_size=2, progress=False)
+        train(TinyNet(), Mixed(), steps=1, batch_size=2, progress=False)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -320,112 +268,12 @@ def test_load_model_rebuilds_from_meta(tmp_path):
     torch.manual_seed(0)
     model = build_model("fcn32s", num_classes=3, width=0.0625)
     path = tmp_path / "ck.pt"
-    save_checkpoint(path, model=model.state_dict(), meta=engine.checkpoint_meta(model))
+    save_checkpoint(path, model=model.state_dict(), meta=checkpoint_meta(model))
     loaded = load_model(path, name="fcn32s")
     assert not loaded.training and loaded.num_classes == 3
     assert_same_weights(loaded, model)
     with pytest.raises(ValueError, match="checkpoint .*ck.pt is for model fcn32s, not fcn8s"):
         load_model(path, name="fcn8s")
-
-
-# --------------------------------------------------------------------------------------------- evaluation
-
-class Oracle(nn.Module):
-    """Logits = the colour channels (normalisation undone): their argmax is exactly TinyScenes' label."""
-
-    def forward(self, x):
-        from dlcore.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
-        return 50 * (x * std + mean)
-
-
-def test_evaluate_perfect_model_and_void_ignored():
-    scores = engine.evaluate(Oracle(), TinyScenes(n=3), 3)
-    assert scores["miou"] == pytest.approx(1.0) and scores["pixel_acc"] == pytest.approx(1.0)
-    assert scores["confusion"].sum() == 3 * 15 * 16  # the void row is not counted
-
-
-def test_evaluate_equals_metrics_on_predictions():
-    from dlcore.metrics import scores as metric_scores
-
-    model = fresh_model()
-    data = TinyScenes(n=4, seed=1)
-    preds = torch.stack([predict_probs(model, data[i][0]).argmax(0) for i in range(4)])
-    targets = torch.stack([data[i][1] for i in range(4)])
-    expected = metric_scores(preds, targets, 3)
-    for batch_size in (1, 3):
-        got = engine.evaluate(model, data, 3, batch_size=batch_size)
-        for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
-            assert got[key] == pytest.approx(expected[key]), key
-
-
-def test_predict_probs_is_a_distribution_at_full_size():
-    image = TinyScenes(size=12)[0][0]
-    probs = predict_probs(fresh_model(), image)
-    assert probs.dtype == torch.float32 and probs.device.type == "cpu" and probs.shape == (3, 12, 12)
-    torch.testing.assert_close(probs.sum(0), torch.ones(12, 12))
-    with pytest.raises(ValueError, match="uint8 image"):
-        predict_probs(fresh_model(), image.float())
-
-
-def test_multiscale_and_flip_average_probabilities():
-    from dlcore.data.transforms import normalize
-
-    model = fresh_model().eval()
-    images = torch.stack([TinyScenes(size=12)[i][0] for i in range(2)])
-    x = normalize(images)
-
-    def probs_at(s, flipped):
-        xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False) if s != 1 else x
-        y = model(xs.flip(-1) if flipped else xs)
-        y = y.flip(-1) if flipped else y
-        return F.interpolate(y, size=(12, 12), mode="bilinear", align_corners=False).softmax(1)
-
-    with torch.no_grad():
-        expected = sum(probs_at(s, f) for s in (0.5, 1.0) for f in (False, True)) / 4
-        got = forward_probs(model, images, scales=(0.5, 1), flip=True)
-        torch.testing.assert_close(got, expected)
-        torch.testing.assert_close(forward_probs(model, images), model(x).softmax(1))
-    with pytest.raises(ValueError, match="scales"):
-        engine.evaluate(model, TinyScenes(n=1), 3, scales=())
-
-
-def test_crf_true_equals_dense_crf_on_each_image():
-    from dlcore.crf import dense_crf
-    from dlcore.metrics import scores as metric_scores
-
-    model = fresh_model()
-    data = TinyScenes(n=2, size=12)
-    preds, targets = [], []
-    for i in range(2):
-        image, mask = data[i]
-        q = dense_crf(image.permute(1, 2, 0).numpy(), predict_probs(model, image).numpy())
-        preds.append(q.argmax(0))
-        targets.append(mask.numpy())
-    expected = metric_scores(np.stack(preds), np.stack(targets), 3)
-    got = engine.evaluate(model, data, 3, crf=True)
-    assert got["miou"] == pytest.approx(expected["miou"])
-    got_dict = engine.evaluate(model, data, 3, crf={"iterations": 0})  # dense_crf parameters; 0 = no change
-    assert got_dict["miou"] == pytest.approx(engine.evaluate(model, data, 3)["miou"])
-
-
-def test_crf_callable_gets_numpy_image_and_probs():
-    seen = []
-
-    def always_red(image, probs):
-        seen.append((image.dtype, image.shape, probs.shape))
-        out = np.zeros_like(probs)
-        out[0] = 1
-        return out
-
-    data = TinyScenes(n=2, size=12)
-    scores = engine.evaluate(fresh_model(), data, 3, crf=always_red)
-    assert seen == [(np.uint8, (12, 12, 3), (3, 12, 12))] * 2
-    red = sum(int((data[i][1] == 0).sum()) for i in range(2))
-    assert scores["pixel_acc"] == pytest.approx(red / (2 * 11 * 12))
-    with pytest.raises(ValueError, match="crf"):
-        engine.evaluate(fresh_model(), data, 3, crf="yes")
 
 
 # --------------------------------------------------------------------------------------------- DDP
@@ -441,7 +289,7 @@ def _ddp_worker(rank, world, port, out_dir):
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     model = fresh_model(seed=rank, dropout=0.0)  # different inits: DDP must broadcast rank 0's
-    engine.train(model, TinyScenes(), steps=3, batch_size=4, lr=0.05, progress=False,
+    train(model, TinyScenes(), steps=3, batch_size=4, lr=0.05, progress=False,
                  checkpoint_dir=os.path.join(out_dir, "run"))
     torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
 
@@ -454,16 +302,8 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     single = fresh_model(seed=0, dropout=0.0)
-    engine.train(single, TinyScenes(), steps=3, batch_size=4, lr=0.05, progress=False)
+    train(single, TinyScenes(), steps=3, batch_size=4, lr=0.05, progress=False)
     for k, v in single.state_dict().items():
         assert torch.equal(r0[k], r1[k]), k
         torch.testing.assert_close(r0[k], v, msg=k)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
-
-
-def test_eval_crf_uses_the_settings_a_checkpoint_records():
-    """An imported release records its CRF (e.g. DeepLab v2 ResNet-101's sigma_alpha 67); --crf applies those."""
-    recorded = {"iterations": 10, "w1": 4.0, "sigma_alpha": 67.0, "sigma_beta": 3.0, "w2": 3.0, "sigma_gamma": 1.0}
-    assert engine._eval_crf(True, {"crf": recorded}) == recorded
-    assert engine._eval_crf(True, {}) is True
-    assert engine._eval_crf(False, {"crf": recorded}) is None

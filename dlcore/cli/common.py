@@ -1,0 +1,99 @@
+"""What every `python -m dlcore COMMAND` shares: the error convention, the common options, the data options.
+
+The error convention (docs/reliability.md): a problem is one line on stderr, `python -m dlcore COMMAND: problem;
+fix`, with exit code 2 for bad usage or input (ValueError, a missing file) and 1 for a failure while running;
+`--debug` shows the traceback instead. `guarded(command, body, args)` applies it to a command's body.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from dlcore import resolve_device
+
+# Bad usage or input (exit 2); anything else is a failure while running (exit 1).
+BAD_INPUT = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+DOWNLOAD_HINT = "get it with `python -m dlcore download voc --root DIR`"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    if "Original Traceback" in text:  # an error re-raised from a DataLoader worker: its own message is last
+        text = [line for line in text.splitlines() if line.strip()][-1]
+        text = text.split(": ", 1)[-1]
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def command_error(command: str, exc: BaseException, args=None) -> int:
+    """Print `python -m dlcore COMMAND: problem; fix` on one line and return the exit code (2 input, 1 run).
+
+    With --debug the exception is re-raised instead, so its traceback shows.
+    """
+    if getattr(args, "debug", False):
+        raise exc
+    code = 2 if isinstance(exc, BAD_INPUT) else 1
+    hint = "" if code == 2 else f" ({type(exc).__name__}; rerun with --debug for the traceback)"
+    print(f"python -m dlcore {command}: {_one_line(exc)}{hint}", file=sys.stderr)
+    return code
+
+
+def guarded(command: str, body, args) -> int:
+    """Run `body(args)` under the error convention; its exit code, or the convention's."""
+    try:
+        return body(args)
+    except Exception as e:
+        return command_error(command, e, args)
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+def add_debug_argument(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
+
+
+def add_run_arguments(parser) -> None:
+    """--device, --no-progress and --debug: the options of every command that runs a network."""
+    add_device_argument(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(parser)
+
+
+def check_device(args) -> None:
+    """The cheap check first: a typo in --device must not cost a data set build or a model."""
+    resolve_device(args.device)
+
+
+def checkpoint_crf(on: bool, meta: dict):
+    """--crf: the CRF settings the checkpoint records (an imported release's), else dlcore.crf.DEFAULTS (True)."""
+    return (meta.get("crf") or True) if on else None
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+def open_voc(root, split: str):
+    """VOCSegmentation, with a split list that is not text named (Python's UnicodeDecodeError names no file)."""
+    from dlcore.data import VOCSegmentation
+
+    try:
+        return VOCSegmentation(root, split=split)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the list of VOC split {split!r} under {root} (ImageSets/Segmentation/{split}.txt) is not "
+                         f"a text file ({e.reason} at byte {e.start}); restore it from the VOC archive") from None
+
+
+def open_dataset(data: str, split: str, *, root=None, n: int = 100, size: int = 128, seed: int = 0):
+    """The one place a command turns its data options into a dataset: -> (dataset, description).
+
+    data "synthetic": SyntheticScenes(split, n, size, seed); "voc": the VOC folder `root` (--root), `split`.
+    """
+    if data == "synthetic":
+        from dlcore.data import SyntheticScenes
+
+        return SyntheticScenes(split, n=n, size=size, seed=seed), f"synthetic {split}"
+    if not root:
+        raise ValueError(f"--data voc needs --root DIR (the folder holding VOCdevkit/VOC2012); {DOWNLOAD_HINT}")
+    return open_voc(root, split), f"VOC {split}"

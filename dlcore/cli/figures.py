@@ -1,0 +1,31 @@
+"""`python -m dlcore figures [--smoke] [--only NN]`: every notebook headless (`dlcore.figures`), figures regenerated."""
+
+from __future__ import annotations
+
+import sys
+
+from dlcore.cli.common import add_debug_argument, add_device_argument, check_device, guarded
+from dlcore.figures import NotebookFailed, run_all, table
+
+
+def add_figures_arguments(parser) -> None:
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (what the tests run)")
+    parser.add_argument("--only", metavar="NN", help="run only the notebooks whose name starts with NN, e.g. 02")
+    add_device_argument(parser)
+    add_debug_argument(parser)
+
+
+def run_figures(args) -> int:
+    return guarded("figures", _run_figures, args)
+
+
+def _run_figures(args) -> int:
+    check_device(args)
+    try:
+        results = run_all(smoke=args.smoke, only=args.only, device=args.device)
+    except NotebookFailed as e:  # the failing cell's source first (many lines), then the one-line error
+        lines = str(e).splitlines()
+        print("\n".join(lines[1:]), file=sys.stderr)
+        raise NotebookFailed(f"{lines[0]}; its executed copy is in build/notebooks/") from None
+    print(table(results))
+    return 0
