@@ -27,7 +27,7 @@ def tiny(monkeypatch):
     """The tiny schedule in this process, undone after the test (the module's constants are the schedule)."""
     for k, v in zoo.TINY.items():
         if k != "PRETRAIN_STEPS":
-            monkeypatch.setattr(zoo, k, v)
+            monkeypatch.setattr(zoo.recipe, k, v)
     for arch, recipe in zoo.PRETRAIN.items():
         monkeypatch.setitem(zoo.PRETRAIN, arch, {**recipe, "steps": 2, "n_images": 8, "batch_size": 2})
 
@@ -145,7 +145,7 @@ def test_shipped_zoo_is_intact_and_within_budget():
     if not (zoo.ZOO_DIR / "manifest.json").is_file():
         pytest.skip("no shipped zoo in this checkout (python -m dlcore zoo train builds it)")
     entries = zoo.read_manifest()["entries"]
-    bad = [e for e in entries if not zoo._complete(e, zoo.ZOO_DIR)]
+    bad = [e for e in entries if not zoo.store._complete(e, zoo.ZOO_DIR)]
     assert not bad, f"zoo entries altered or without their records: {bad}; rebuild with python -m dlcore zoo train"
     assert {"pretrain-vgg16", "pretrain-resnet101"} <= set(entries)
     sizes = sum((zoo.ZOO_DIR / i["file"]).stat().st_size for i in entries.values())

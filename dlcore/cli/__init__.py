@@ -1,8 +1,7 @@
 """python -m dlcore COMMAND ...: the command line, one module per command, one error convention (`common`).
 
 Each command module gives add_<cmd>_arguments(parser) and run_<cmd>(args) -> exit code. Only the module of the
-command asked for is imported (importing torchvision alone takes seconds), so `--help` stays quick. The zoo's
-command still lives in `dlcore.zoo` (add_zoo_arguments / run_zoo).
+command asked for is imported (importing torchvision alone takes seconds), so `--help` stays quick.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def _module(command: str):
     elif command == "segment":
         from dlcore.cli import segment as module
     elif command == "zoo":
-        from dlcore import zoo as module
+        from dlcore.cli import zoo as module
     elif command == "figures":
         from dlcore.cli import figures as module
     elif command == "download":

@@ -1,0 +1,59 @@
+"""The teaching zoo: every network the notebooks compare, trained once by one command and shipped with dlcore.
+
+    python -m dlcore zoo train [--only NAME ...] [--device cuda]     (re)build what is missing or altered
+    python -m dlcore zoo list                                        what is shipped, with its checksum state
+
+Why: a notebook has a few CPU minutes, too few to train the papers' comparisons to the point where they
+show (benchmarks/RESULTS.md). The papers separate the two as well: they start from an ImageNet-trained net
+and then compare heads, strides and skips. So the zoo does it once:
+
+1. `dlcore.pretrain` trains VGG-16 and ResNet-101 classifiers (width `WIDTH`) on image-level labels: the
+   head-neutral stand-in for ImageNet.
+2. Every model starts from them as the papers start from ImageNet: FCN convolutionalizes fc6/fc7 (Sec. 3.1),
+   DeepLab v1/v2 subsample them (v1 Sec. 4.1) into each fc6/fc7 and every ASPP branch; ResNet heads start fresh.
+3. The trunk's lower part stays frozen (the budget of a 2-core CPU; named in every notebook): VGG-16 up to
+   pool4, ResNet-101 up to layer3. Its features are computed once per image set (and per scale, for MSC) and
+   cached; the last block (conv5 / layer4) and the head train, with the papers' recipe: SGD, momentum 0.9,
+   weight decay 5e-4, poly lr, 10x lr on the class-score layers. FCN keeps fc6 as convolutionalized (conv5,
+   fc7 and the score layers learn) and trains in stages, 32s -> 16s -> 8s (Sec. 4.2). Each model for `SEEDS`
+   (the seed picks the fresh layers' init, the sample order and dropout).
+4. The CRF's w1, sigma_alpha, sigma_beta are cross-validated per model on held-out scenes (seed 0's model),
+   as the papers do (v1 Sec. 4.2), with w2 = 3, sigma_gamma = 3 fixed.
+
+The package, one part per step: `recipe` (what is trained, on what schedule), `store` (the files and the
+manifest), `trunk` (the pre-trained start and the cached frozen trunk), `training` (step 3 and 4, `train_all`),
+`evidence` (what the notebooks call: scores checked against the records, orderings across seeds, the claims);
+the command is `dlcore.cli.zoo`.
+
+Files: `zoo/NAME.pt` (fp16 weights of what was trained, torch.save of tensors: loaded with weights_only=True)
+and `zoo/manifest.json` (per file: recipe, command, seed, seconds, machine, sha256, CRF settings). `load`
+checks the sha256 before reading a file and names the rebuild command when a file is missing or altered.
+"""
+
+from dlcore.zoo import recipe
+from dlcore.zoo.evidence import (at_least, check_claims, compare, evaluate, fmt, for_notebook, miou, over_seeds,
+                                 predictions, present, seeds_of, verdict, within)
+from dlcore.zoo.recipe import (CRF_MODELS, MODELS, PRETRAIN, TINY, ZOO_DIR, Spec, ZooError, build, entry_names,
+                               rebuild_command, schedule, use_tiny_schedule)
+from dlcore.zoo.store import crf_settings, load_entry, pack, read_manifest, recorded, unpack
+from dlcore.zoo.training import (crf_refine, crf_search, image_confusions, record_scores, train_all, train_model,
+                                 train_pretrained)
+from dlcore.zoo.trunk import features, forward_cached, frozen_keys, load, probabilities, start_from_pretrained, trunk_features
+
+__all__ = [
+    "CRF_MODELS", "MODELS", "PRETRAIN", "Spec", "TINY", "ZOO_DIR", "ZooError", "at_least", "build",
+    "check_claims", "compare", "crf_refine", "crf_search", "crf_settings", "entry_names", "evaluate",
+    "features", "fmt", "for_notebook", "forward_cached", "frozen_keys", "image_confusions", "load",
+    "load_entry", "miou", "over_seeds", "pack", "predictions", "present", "probabilities", "read_manifest",
+    "rebuild_command", "record_scores", "recorded", "schedule", "seeds_of", "start_from_pretrained",
+    "train_all", "train_model", "train_pretrained", "trunk_features", "unpack", "use_tiny_schedule",
+    "verdict", "within",
+]
+
+
+def __getattr__(name: str):
+    """The schedule's constants (zoo.SEEDS, zoo.N_VAL, zoo.SIZE, ...), read live from `recipe`: the tiny schedule
+    swaps them there."""
+    if name.isupper() and hasattr(recipe, name):
+        return getattr(recipe, name)
+    raise AttributeError(f"module 'dlcore.zoo' has no attribute {name!r}")

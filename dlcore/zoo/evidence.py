@@ -1,0 +1,158 @@
+"""What the notebooks call: the zoo's scores recomputed and checked against its records, mean ± sd over seeds,
+orderings decided only where the gap exceeds the seed spread, and the claims checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlcore.zoo import recipe
+from dlcore.zoo.recipe import ZOO_DIR, ZooError, rebuild_command, use_tiny_schedule
+from dlcore.zoo.store import _complete, crf_settings, recorded
+from dlcore.zoo.trunk import features, load, probabilities
+from dlcore.zoo.training import crf_refine, image_confusions, train_all
+
+def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int = 2) -> dict:
+    """Per seed: per-image confusions on the test scenes, {"none": [N_VAL,C,C], "crf": [N_CRF,C,C] (CRF_MODELS)}.
+
+    "none" is recomputed here from the shipped weights (seconds), and must equal what `zoo train` recorded;
+    "crf" is the record (the CRF on every model and seed takes CPU-minutes), re-checked live on the first
+    `check_crf` scenes of each seed. A mismatch (above 0.1% of pixels: float summation order may differ
+    between machines) raises ZooError: the records are not of these weights.
+    """
+    out = {}
+    if seeds is None:  # the seeds the zoo holds (all of SEEDS once `zoo train` has finished)
+        seeds = seeds_of(name, zoo_dir)
+        if not seeds:
+            raise ZooError(f"the zoo holds no seed of {name}; run `{rebuild_command(name)}`")
+    for seed in seeds:
+        model = load(name, seed, zoo_dir)
+        data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+        probs = probabilities(model, data)
+        masks = data["masks"].numpy()
+        live = image_confusions(probs.argmax(1).numpy(), masks, model.num_classes)
+        rec = recorded(name, seed, zoo_dir)
+        _same(live, rec["none"], f"{name}-s{seed} (no CRF)")
+        result = {"none": live}
+        if "crf" in rec:
+            n = min(check_crf, len(rec["crf"]))
+            if n:
+                again = image_confusions(crf_refine(data["images"][:n], probs[:n], crf_settings(name, zoo_dir)),
+                                         masks[:n], model.num_classes)
+                _same(again, rec["crf"][:n], f"{name}-s{seed} (CRF)")
+            result["crf"] = rec["crf"]
+        out[seed] = result
+    return out
+
+
+def seeds_of(name: str, zoo_dir: Path = ZOO_DIR) -> list[int]:
+    """The seeds of zoo model `name` that are complete in `zoo_dir` (all of SEEDS once `zoo train` finished)."""
+    return [s for s in recipe.SEEDS if _complete(f"{name}-s{s}", Path(zoo_dir))]
+
+
+def present(models: dict, zoo_dir: Path = ZOO_DIR) -> dict:
+    """The {label: name} of `models` that the zoo holds; prints the others with the command that trains them."""
+    found = {label: name for label, name in models.items() if seeds_of(name, zoo_dir)}
+    for label, name in models.items():
+        if label not in found:
+            print(f"{label}: not in the zoo yet; its rows and claims are skipped (train it: {rebuild_command(name)})")
+    return found
+
+
+def _same(live: np.ndarray, rec: np.ndarray, what: str) -> None:
+    if live.shape != rec.shape:
+        raise ZooError(f"the recorded scores of {what} cover {rec.shape[0]} scenes, not {live.shape[0]}; "
+                       f"rebuild with `{rebuild_command(what.split(' ')[0])}`")
+    moved = np.abs(live - rec).sum() / 2 / max(1, rec.sum())
+    if moved > 1e-3:
+        raise ZooError(f"the recorded scores of {what} differ from these weights' ({100 * moved:.2f}% of pixels); "
+                       f"rebuild with `{rebuild_command(what.split(' ')[0])}`")
+
+
+def miou(confusions: np.ndarray) -> float:
+    """Mean IoU in percent of a stack of per-image confusions (one matrix over all pixels: the VOC protocol)."""
+    from dlcore.metrics import scores_from_confusion
+
+    return 100 * float(scores_from_confusion(confusions.sum(0))["miou"])
+
+
+def over_seeds(values) -> tuple[float, float]:
+    """(mean, sample sd) over seeds; the sd of a single seed is nan (unknown, not zero)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+def compare(a, b) -> dict:
+    """Is mean(a) > mean(b) by more than the seed spread (the larger sd of the two)? Both: one value per seed.
+    With fewer than two seeds on a side the spread is unknown and the ordering never holds."""
+    (ma, sa), (mb, sb) = over_seeds(a), over_seeds(b)
+    gap, spread = ma - mb, max(sa, sb)
+    seeds = min(len(a), len(b))
+    return {"gap": round(gap, 2), "spread": round(spread, 2), "seeds": seeds, "holds": seeds > 1 and gap > spread}
+
+
+def within(a, b, points: float) -> dict:
+    """Is |mean(a) - mean(b)| at most `points` (plus the seed spread)? "LargeFOV is as good as 7x7"."""
+    r = compare(a, b)
+    return {**r, "holds": r["seeds"] > 1 and abs(r["gap"]) <= points + r["spread"]}
+
+
+def at_least(a, b) -> dict:
+    """Is mean(a) no worse than mean(b), beyond the seed spread? "Output stride 8 is at least as accurate"."""
+    r = compare(a, b)
+    return {**r, "holds": r["seeds"] > 1 and r["gap"] >= -r["spread"]}
+
+
+def verdict(result: dict) -> str:
+    """How a claim's measurement reads: holds, NOT reproduced, or unmeasured (fewer than two seeds trained)."""
+    if result.get("seeds", 2) < 2:
+        return "too few seeds"
+    return "holds" if result["holds"] else "NOT reproduced"
+
+
+def check_claims(claims: dict, not_reproduced) -> None:
+    """Each paper claim must hold, except the ones a notebook names as not reproduced (with the measured reason),
+    which must still not hold: CI then fails when either kind changes. Claims measured on fewer than two seeds
+    (a zoo still being trained) are left unasserted."""
+    for text, result in claims.items():
+        if verdict(result) == "too few seeds":
+            continue
+        if text in not_reproduced:
+            assert not result["holds"], f"now reproduced, update the notebook: {text} ({result})"
+        else:
+            assert result["holds"], f"the paper's claim does not hold: {text} ({result})"
+
+
+
+def fmt(values) -> str:
+    m, sd = over_seeds(values)
+    return f"{m:.1f} ± {sd:.1f}" if len(values) > 1 else f"{m:.1f} (1 seed)"
+
+
+def predictions(name: str, seed: int = 0, n: int = 4, *, crf: bool = False, zoo_dir: Path = ZOO_DIR):
+    """(images uint8 [n,3,S,S], masks [n,S,S], labels [n,S,S]) of the first `n` test scenes, for figures;
+    crf=True refines them with the model's cross-validated CRF."""
+    model = load(name, seed, zoo_dir)
+    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    data = {"features": {k: v[:n] for k, v in data["features"].items()}, "images": data["images"][:n],
+            "masks": data["masks"][:n]}
+    probs = probabilities(model, data)
+    labels = crf_refine(data["images"], probs, crf_settings(name, zoo_dir)) if crf else probs.argmax(1).numpy()
+    return data["images"], data["masks"], torch.as_tensor(labels)
+
+
+def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) -> Path:
+    """The zoo a notebook reads: the shipped one; with retrain, `models` trained anew from the recipe into
+    `retrain_dir`; in smoke mode, the same path on the tiny schedule in a fresh temporary folder (every code
+    path of the zoo runs, in seconds; the numbers mean nothing)."""
+    if smoke:
+        import tempfile
+
+        use_tiny_schedule()
+        retrain, retrain_dir = True, tempfile.mkdtemp(prefix="dlcore-zoo-smoke-")
+    if not retrain:
+        return Path(zoo_dir)
+    train_all(list(models), force=True, zoo_dir=Path(retrain_dir), progress=not smoke, log=lambda *_: None)
+    return Path(retrain_dir)

@@ -1,0 +1,217 @@
+"""Training the zoo: each model on the cached trunk with the papers' recipe, its storage checked against fp32,
+the CRF cross-validated, the scores recorded; `train_all` resumes what an interrupted run had not finished."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlcore.io import atomic_write
+from dlcore.zoo import recipe
+from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, LR, MODELS, PRETRAIN, WIDTH, ZOO_DIR, _split, build,
+                               entry_names, rebuild_command, schedule)
+from dlcore.zoo.store import (_complete, _machine, _save_entry, _update_manifest, crf_settings, load_entry, pack,
+                              unpack)
+from dlcore.zoo.trunk import features, frozen_keys, forward_cached, load, probabilities, start_from_pretrained
+
+def _seeded_model(name: str, seed: int, zoo_dir: Path) -> nn.Module:
+    """Zoo model `name`, its fresh layers drawn from `seed`, started from the pre-trained classifier (and, for
+    FCN's later stages, from the previous stage of the same seed: Sec. 4.2's staged training)."""
+    from dlcore import seed_everything
+
+    seed_everything(seed)
+    model = start_from_pretrained(build(name), load_entry(f"pretrain-{MODELS[name].trunk}", zoo_dir))
+    spec = MODELS[name]
+    if spec.init_from is not None:  # shares every layer of the previous stage; the new score layer stays at zero
+        model.load_state_dict(load_entry(f"{spec.init_from}-s{seed}", zoo_dir), strict=False)
+    frozen = frozen_keys(model)
+    for k, p in model.named_parameters():
+        p.requires_grad_(k not in frozen)
+    return model
+
+
+def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
+    """Train zoo model `name` for `seed` on the cached trunk features and write zoo/NAME-sSEED.pt; returns its
+    manifest record."""
+    steps = schedule(name, "STEPS")
+    from tqdm.auto import tqdm
+
+    from dlcore.train import param_groups as _param_groups, poly_lr, segmentation_loss
+
+    device = torch.device(device)
+    model = _seeded_model(name, seed, zoo_dir).to(device)
+    data = features(model, "train", recipe.N_TRAIN, zoo_dir=zoo_dir)
+    feats, images, masks = data["features"], data["images"], data["masks"]
+    optimizer = torch.optim.SGD(_param_groups(model, LR), lr=LR, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(recipe.N_TRAIN, generator=g) for _ in range(steps * recipe.BATCH // recipe.N_TRAIN + 1)])
+    model.train()
+    start = time.perf_counter()
+    for step in tqdm(range(steps), desc=f"{name} s{seed}", disable=not progress):
+        idx = order[step * recipe.BATCH:(step + 1) * recipe.BATCH]
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(LR, step, steps) * group["lr_mult"]
+        out = forward_cached(model, {k: v[idx].to(device) for k, v in feats.items()}, images[idx])
+        loss = segmentation_loss(out, masks[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    seconds = time.perf_counter() - start
+    frozen = frozen_keys(model)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in frozen}
+    stored, storage = _smallest_faithful(model.cpu(), state, zoo_dir)
+    info = {"kind": "model", "model": name, "seed": seed, "train_seconds": round(seconds, 1), **storage,
+            "recipe": {"build": asdict(MODELS[name]), "width": WIDTH, "size": recipe.SIZE, "n_train": recipe.N_TRAIN,
+                       "steps": steps, "batch_size": recipe.BATCH, "lr": LR, "loss": round(float(loss.detach()), 4)},
+            "command": rebuild_command(f"{name}-s{seed}"), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    _save_entry(f"{name}-s{seed}", stored, info, zoo_dir)
+    return info
+
+
+def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[dict, dict]:
+    """int8 storage for the large kernels when it moves val mean IoU by <= 0.1 point against fp32, else fp16."""
+    from dlcore.metrics import scores_from_confusion
+
+    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    masks = data["masks"].numpy()
+
+    def miou(weights):
+        model.load_state_dict(weights, strict=False)
+        cm = image_confusions(probabilities(model, data).argmax(1).numpy(), masks, model.num_classes).sum(0)
+        return 100 * float(scores_from_confusion(cm)["miou"])
+
+    exact = miou(state)
+    results = {}
+    for int8 in (True, False):
+        stored = pack(state, int8)
+        results[int8] = (stored, round(miou(unpack(stored)) - exact, 3))
+        if not any(k.endswith("#q") for k in stored):
+            break  # nothing large enough: the fp16 file is the int8 one
+    model.load_state_dict(state, strict=False)
+    int8 = abs(results[True][1]) <= 0.1 and any(k.endswith("#q") for k in results[True][0])
+    stored, delta = results[int8] if int8 else results.get(False, results[True])
+    return stored, {"storage": "int8 kernels + fp16" if int8 else "fp16", "val_miou_fp32": round(exact, 2),
+                    "val_miou_change_stored": delta}
+
+
+def train_pretrained(arch: str, *, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
+    from dlcore.pretrain import pretrain
+
+    result = pretrain(arch, **PRETRAIN[arch], progress=progress)
+    info = {"kind": "pretrain", "arch": arch, "train_seconds": round(result["seconds"], 1),
+            "recipe": PRETRAIN[arch], "label_accuracy": round(result["accuracy"], 4),
+            "command": rebuild_command(f"pretrain-{arch}"), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    _save_entry(f"pretrain-{arch}", pack(result["model"].state_dict()), info, zoo_dir)
+    return info
+
+
+def image_confusions(labels: np.ndarray, masks: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [N,C,C]: one confusion matrix per image (rows = ground truth; void 255 left out)."""
+    from dlcore.metrics import confusion_matrix
+
+    return np.stack([np.asarray(confusion_matrix(torch.as_tensor(p), torch.as_tensor(m), num_classes))
+                     for p, m in zip(labels, masks)])
+
+
+def crf_refine(images: torch.Tensor, probs: torch.Tensor, params: dict) -> np.ndarray:
+    """Labels [N,H,W] after dense_crf with `params` (CRF_ITERATIONS mean-field iterations) on each image."""
+    from dlcore.crf import dense_crf
+
+    return np.stack([dense_crf(im.permute(1, 2, 0).numpy(), p.numpy(), CRF_ITERATIONS, **params).argmax(0)
+                     for im, p in zip(images, probs)])
+
+
+def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
+    """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 4.2)."""
+    import itertools
+
+    from tqdm.auto import tqdm
+
+    from dlcore.metrics import scores_from_confusion
+
+    model = load(name, 0, zoo_dir)
+    n_heldout = schedule(name, "N_HELDOUT")
+    data = features(model, "val", n_heldout, offset=recipe.N_VAL, zoo_dir=zoo_dir)
+    probs = probabilities(model, data)
+    masks = data["masks"].numpy()
+    grid = {}
+    for w1, sa, sb in tqdm(list(itertools.product(*recipe.CRF_GRID.values())), desc=f"CRF search {name}", disable=not progress):
+        params = {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}
+        cm = image_confusions(crf_refine(data["images"], probs, params), masks, model.num_classes).sum(0)
+        grid[f"{w1}/{sa}/{sb}"] = round(float(scores_from_confusion(cm)["miou"]), 5)
+    best = max(grid, key=grid.get)
+    w1, sa, sb = map(float, best.split("/"))
+    none = image_confusions(probs.argmax(1).numpy(), masks, model.num_classes).sum(0)
+    return {"params": {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}, "grid": grid, "heldout_scenes": n_heldout,
+            "heldout_miou_without": round(float(scores_from_confusion(none)["miou"]), 5)}
+
+
+def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
+    """Per-image confusion matrices on the test scenes, without the CRF (N_VAL) and with it (N_CRF, CRF_MODELS),
+    stored in zoo/scores/NAME-sSEED.npz: the CRF is too slow to rerun for every model in a notebook's minutes,
+    so notebooks read these and re-check a few images live (`check_recorded`)."""
+    model = load(name, seed, zoo_dir)
+    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    probs = probabilities(model, data)
+    masks = data["masks"].numpy()
+    out = {"none": image_confusions(probs.argmax(1).numpy(), masks, model.num_classes)}
+    if name in CRF_MODELS:
+        params = crf_settings(name, zoo_dir)
+        n = schedule(name, "N_CRF")
+        out["crf"] = image_confusions(crf_refine(data["images"][:n], probs[:n], params), masks[:n],
+                                      model.num_classes)
+    path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
+    atomic_write(path, lambda f: np.savez_compressed(f, **{k: v.astype(np.int32) for k, v in out.items()}))
+    return out
+
+
+def _prerequisites(entries: set, zoo_dir: Path) -> set:
+    """The entries `entries` start from (pre-trained trunk, FCN's earlier stages) that are not complete yet."""
+    need = set()
+    for entry in entries:
+        while not entry.startswith("pretrain-"):
+            model, seed = _split(entry)
+            spec = MODELS[model]
+            entry = f"{spec.init_from}-s{seed}" if spec.init_from else f"pretrain-{spec.trunk}"
+            if entry not in entries and not _complete(entry, zoo_dir):
+                need.add(entry)
+    return need
+
+
+def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True,
+              log=print) -> list[str]:
+    """Train every zoo entry that is missing or altered (or only those in `only`; with force, again even when
+    complete), then its scores and the CRF search; an interrupted run resumes with the entries it had not
+    finished. Returns the entries trained."""
+    names = entry_names()
+    if only:
+        unknown = [n for n in only if n not in names and n not in MODELS]
+        if unknown:
+            raise ValueError(f"unknown zoo entry {unknown[0]!r}; known: {', '.join(names)} "
+                             f"(or a model name for all its seeds: {', '.join(MODELS)})")
+    wanted = set(names)
+    if only:
+        wanted = {n for n in names if n in only or (not n.startswith("pretrain-") and _split(n)[0] in only)}
+        wanted |= _prerequisites(wanted, zoo_dir)
+    done = []
+    for entry in names:
+        if entry not in wanted or (not (force and only) and _complete(entry, zoo_dir)):
+            continue
+        t0 = time.perf_counter()
+        if entry.startswith("pretrain-"):
+            info = train_pretrained(entry.removeprefix("pretrain-"), zoo_dir=zoo_dir, progress=progress)
+        else:
+            model, seed = _split(entry)
+            info = train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
+            if model in CRF_MODELS and seed == 0:
+                found = crf_search(model, zoo_dir, progress)
+                _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))
+            record_scores(model, seed, zoo_dir)
+        done.append(entry)
+        log(f"{entry}: {time.perf_counter() - t0:.0f} s ({info['train_seconds']} s training)")
+    return done
