@@ -151,3 +151,12 @@ def test_shipped_zoo_is_intact_and_within_budget():
     sizes = sum((zoo.ZOO_DIR / i["file"]).stat().st_size for i in entries.values())
     sizes += sum(p.stat().st_size for p in (zoo.ZOO_DIR / "scores").glob("*.npz"))
     assert sizes <= 40e6, f"the zoo holds {sizes / 1e6:.1f} MB; the budget is 40 MB"
+
+
+def test_branch_labels_fused_map_is_the_models_own_prediction(tiny_zoo, tiny):
+    """Notebook 07's per-scale measurement of MSC reads the same network: its fused map is the model's output."""
+    model = zoo.load("deeplab-v2-resnet101-largefov-msc", 0, tiny_zoo)
+    data = zoo.features(model, "val", zoo.N_VAL, zoo_dir=tiny_zoo)
+    labels = zoo.branch_labels(model, data)
+    assert set(labels) == {f"scale {s}" for s in model.scales} | {"fused (max)"}
+    np.testing.assert_array_equal(labels["fused (max)"], zoo.probabilities(model, data).argmax(1).numpy())

@@ -38,10 +38,11 @@ from dlcore.zoo.recipe import (CRF_MODELS, MODELS, PRETRAIN, TINY, ZOO_DIR, Spec
 from dlcore.zoo.store import crf_settings, load_entry, pack, read_manifest, recorded, unpack
 from dlcore.zoo.training import (crf_refine, crf_search, image_confusions, record_scores, train_all, train_model,
                                  train_pretrained)
-from dlcore.zoo.trunk import features, forward_cached, frozen_keys, load, probabilities, start_from_pretrained, trunk_features
+from dlcore.zoo.trunk import (branch_labels, features, forward_cached, frozen_keys, load, probabilities,
+                              start_from_pretrained, trunk_features)
 
 __all__ = [
-    "CRF_MODELS", "MODELS", "PRETRAIN", "Spec", "TINY", "ZOO_DIR", "ZooError", "at_least", "build",
+    "CRF_MODELS", "MODELS", "PRETRAIN", "Spec", "TINY", "ZOO_DIR", "ZooError", "at_least", "branch_labels", "build",
     "check_claims", "compare", "crf_refine", "crf_search", "crf_settings", "entry_names", "evaluate",
     "features", "fmt", "for_notebook", "forward_cached", "frozen_keys", "image_confusions", "load",
     "load_entry", "miou", "over_seeds", "pack", "predictions", "present", "probabilities", "read_manifest",

@@ -143,10 +143,15 @@ def forward_cached(model: nn.Module, feats: dict, images: torch.Tensor) -> torch
             x = normalize(images.to(top.device))
             return _resize(model.head(top, [x] + [f[f"pool{i}"] for i in range(1, 5)]), size)
         return _resize(model.head(top), size)
-    maps = [model.head(model.backbone.layer4(f[f"layer3@{s}"])) for s in getattr(model, "scales", (1.0,))]
+    maps = _resnet_maps(model, f)
     if hasattr(model, "scales"):
         return model.fuse(maps, size)
     return _resize(maps[0], size)
+
+
+def _resnet_maps(model: nn.Module, f: dict) -> list:
+    """ResNet-101's trained part (layer4 and the head) on the cached layer3 features of each input scale."""
+    return [model.head(model.backbone.layer4(f[f"layer3@{s}"])) for s in getattr(model, "scales", (1.0,))]
 
 
 def features(model: nn.Module, split: str, n: int, offset: int = 0, zoo_dir: Path = ZOO_DIR,
@@ -174,3 +179,20 @@ def probabilities(model: nn.Module, data: dict, batch: int = 16) -> torch.Tensor
         f = {k: v[lo:lo + batch] for k, v in data["features"].items()}
         out.append(forward_cached(model, f, data["images"][lo:lo + batch]).float().softmax(1))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def branch_labels(model: nn.Module, data: dict, batch: int = 16) -> dict:
+    """A ResNet-101 MSC model's labels from each input scale's branch alone and from their max-fused map, on cached
+    features `data`: what each scale contributes (notebook 07)."""
+    from dlcore.models import _resize
+
+    model.eval()
+    size = data["images"].shape[-2:]
+    out: dict[str, list] = {}
+    for lo in range(0, len(data["images"]), batch):
+        maps = _resnet_maps(model, {k: v[lo:lo + batch].float() for k, v in data["features"].items()})
+        for s, m in zip(model.scales, maps):
+            out.setdefault(f"scale {s}", []).append(_resize(m, size).argmax(1))
+        out.setdefault("fused (max)", []).append(model.fuse(maps, size).argmax(1))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
