@@ -709,7 +709,7 @@ def test_zoo_load_names_a_zoo_dir_that_is_not_a_folder(tmp_path, kind):
     zoo_dir = tmp_path / "zoo_typo"
     if kind == "file":
         zoo_dir.write_text("x")
-    with pytest.raises(ValueError, match="zoo_typo.*(does not exist|is not a folder)"):
+    with pytest.raises(ValueError, match="zoo_typo.*(does not exist|not a folder)"):
         zoo.load("fcn8s", zoo_dir=zoo_dir)
 
 
@@ -733,3 +733,21 @@ def test_resolve_device_names_an_unknown_device():
 
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         dlcore.resolve_device("tpu")
+
+
+def test_every_test_the_reliability_doc_names_exists():
+    """docs/reliability.md's tables name the test of each case; a renamed or deleted test must not leave it stale."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "reliability.md").read_text()
+    # `test_x` is in tests/test_reliability.py, `tests/test_y.py::test_x` in test_y.py, and a following
+    # `::test_z` in the same file as the one before it
+    named = re.findall(r"`(tests/test_\w+\.py)?(::)?(test_\w+)`", doc)
+    assert len(named) > 40, named
+    file = "tests/test_reliability.py"
+    for path, continued, test in named:
+        file = path or (file if continued else "tests/test_reliability.py")
+        source = (root / file).read_text()
+        assert re.search(rf"^def {test}\(", source, re.M), f"docs/reliability.md names {file}::{test}: not there"

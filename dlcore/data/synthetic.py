@@ -67,7 +67,8 @@ def _as_hw(size) -> tuple[int, int]:
                          f"got {size!r}")
     h, w = (int(s) for s in sides)
     if min(h, w) < 16:
-        raise ValueError(f"size must be >= 16 pixels a side (objects and their void band need room), got {size!r}")
+        raise ValueError(f"size must be >= 16 pixels a side (objects and their void band need room; --size on the "
+                         f"command line), got {size!r}")
     return h, w
 
 
