@@ -15,7 +15,9 @@ sxy/srgb/compat to the papers' w1, sigma_alpha, sigma_beta, w2, sigma_gamma.
 
 Where pydensecrf fails silently or crashes, this module raises instead: inference before setUnaryEnergy
 (pydensecrf then runs with U = 0 and returns the uniform Q = 1/L), kernel widths <= 0 (a segfault there),
-non-finite energies, negative iteration counts.
+widths and weights that overflow float32 (dense_crf's limits, MIN_SIGMA and MAX_WEIGHT: an all-NaN Q),
+non-finite energies, negative iteration counts, "probabilities" outside [0, 1] (logits passed to
+unary_from_softmax), and a Q that is not finite is never returned.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numbers
 import numpy as np
 import torch
 
+from dlcore.crf import MAX_WEIGHT, MIN_SIGMA
 from dlcore.crf.lattice import FusedFilter, PermutohedralLattice
 from dlcore.crf.meanfield import kernel_scales, kl_divergence, mean_field
 
@@ -113,15 +116,20 @@ def _widths(value, n: int, name: str) -> list[np.float32]:
             raise TypeError(f"{name} must be real numbers (kernel widths), got {v!r}")
         if not (np.isfinite(v) and v > 0):  # pydensecrf segfaults on 0
             raise ValueError(f"{name} must be > 0 and finite (a Gaussian kernel's width), got {value!r}")
+        if v < MIN_SIGMA:  # feature / width overflows the lattice: an all-NaN Q (issue 15)
+            raise ValueError(f"{name} = {v!r} is below {MIN_SIGMA:g}: the lattice coordinates (feature / {name}) "
+                             f"would overflow; use a width of at least {MIN_SIGMA:g} (pydensecrf examples: 3 to 80)")
     return [np.float32(v) for v in values[:n]]
 
 
 def _compatibility(compat, nlabels: int):
     """pydensecrf's label compatibility: a number is PottsCompatibility(w), an [L] vector DiagonalCompatibility,
     an [L, L] matrix MatrixCompatibility (symmetrised, as pydensecrf does). Returns a float or an [L, L] tensor."""
+    too_large = (f"compat must be finite with |compat| <= {MAX_WEIGHT:g} (the Potts weight, w1 or w2 in the papers, "
+                 "3 to 10; larger ones overflow float32 in the pairwise term)")
     if isinstance(compat, numbers.Real):
-        if not np.isfinite(compat):
-            raise ValueError(f"compat must be finite (the Potts weight, w1 or w2 in the papers), got {compat!r}")
+        if not (np.isfinite(compat) and abs(compat) <= MAX_WEIGHT):
+            raise ValueError(f"{too_large}, got {compat!r}")
         return float(compat)
     m = _array(compat, "compat", "addPairwise*", np.float32, None, "[L] or [L, L], or a number")
     if m.ndim not in (1, 2):
@@ -129,8 +137,8 @@ def _compatibility(compat, nlabels: int):
                          "pass a number (Potts), an [L] vector (diagonal) or an [L, L] matrix")
     if m.shape != (nlabels,) * m.ndim:
         raise ValueError(f"compat must be [{nlabels}] or [{nlabels}, {nlabels}] for {nlabels} labels, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError("compat contains NaN or Inf")
+    if not (np.isfinite(m).all() and np.abs(m).max() <= MAX_WEIGHT):
+        raise ValueError(f"{too_large}; this matrix holds entries up to {float(np.abs(m).max()):g}")
     return torch.from_numpy(np.diag(m) if m.ndim == 1 else 0.5 * (m + m.T))
 
 
@@ -225,7 +233,7 @@ class DenseCRF:
         so np.array(Q), np.argmax(Q, axis=0) and Q.reshape(...) behave as they do on pydensecrf's result."""
         unary = self._unary_or_raise("inference")
         n = _iterations(niter)
-        return mean_field(unary, self._pairwise(), n).numpy().T
+        return _finite(mean_field(unary, self._pairwise(), n), "inference").numpy().T
 
     def startInference(self):
         """(Q0, tmp1, tmp2) as pydensecrf: Q0 = softmax(-U); tmp1, tmp2 are scratch it passes back to stepInference."""
@@ -239,7 +247,7 @@ class DenseCRF:
         q = self._q(Q, "stepInference")
         if not Q.flags.writeable:
             raise ValueError("stepInference: Q is read-only; it is updated in place (pass the Q from startInference)")
-        Q[...] = torch.softmax(self._pairwise()(q) - unary, dim=1).numpy().T
+        Q[...] = _finite(torch.softmax(self._pairwise()(q) - unary, dim=1), "stepInference").numpy().T
 
     def klDivergence(self, Q) -> float:
         """KL(Q || P) up to log Z, as pydensecrf: sum Q log Q + sum U Q + sum_k sum Q mu_k k~_k Q."""
@@ -253,6 +261,15 @@ class DenseCRF:
         if Q.shape != (self._nlabel, self._nvar) or Q.dtype != np.float32:
             raise ValueError(f"{where}: Q must be float32 [L, N] = {(self._nlabel, self._nvar)}, got {Q.dtype} {Q.shape}")
         return torch.from_numpy(np.ascontiguousarray(Q.T))
+
+
+def _finite(q: torch.Tensor, where: str) -> torch.Tensor:
+    """Q, unless it holds NaN / Inf: never hand back NaN as if it were a distribution (dense_crf does the same)."""
+    if not torch.isfinite(q).all():
+        raise FloatingPointError(f"{where}: the CRF produced NaN / Inf; the features (addPairwiseEnergy) or the "
+                                 "energies are too large for float32: use kernel widths and weights nearer "
+                                 "pydensecrf's examples (sxy 3 to 80, srgb 13, compat 3 to 10)")
+    return q
 
 
 class DenseCRF2D(DenseCRF):
@@ -299,6 +316,13 @@ def unary_from_softmax(sm, scale=None, clip=1e-5):
     sm = np.asarray(sm)
     if sm.ndim < 1:
         raise ValueError(f"sm must be [L, ...] probabilities with the classes first, got a scalar {sm!r}")
+    # Logits or scores here would be clipped into [clip, 1] and silently give a wrong unary (pydensecrf does so);
+    # 1e-3 of slack for the rounding of a float16 softmax.
+    if sm.size and not (np.isfinite(sm).all() and sm.min() >= -1e-3 and sm.max() <= 1 + 1e-3):
+        raise ValueError(f"sm must hold probabilities in [0, 1] (a softmax over axis 0), got values in "
+                         f"[{np.nanmin(sm):.4g}, {np.nanmax(sm):.4g}]" + ("" if np.isfinite(sm).all() else " and NaN/Inf")
+                         + "; pass softmax(logits, axis=0) (torch.softmax(x, 0), scipy.special.softmax(x, axis=0)), "
+                         "not the logits themselves")
     num_cls = sm.shape[0]
     if scale is not None:
         if not 0 < scale <= 1:
@@ -336,6 +360,8 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
 
 def create_pairwise_gaussian(sdims, shape):
     """Features float32 [len(shape), N] for addPairwiseEnergy: pixel coordinates (index order) / sdims."""
+    if len(sdims) != len(shape):  # pydensecrf leaves the other coordinates undivided, silently
+        raise ValueError(f"sdims must give one width per axis of shape {tuple(shape)}, got {tuple(sdims)!r}")
     mesh = np.array(np.meshgrid(*[range(s) for s in shape], indexing="ij"), dtype=np.float32)
     for i, s in enumerate(sdims):
         mesh[i] /= s
@@ -344,10 +370,20 @@ def create_pairwise_gaussian(sdims, shape):
 
 def create_pairwise_bilateral(sdims, schan, img, chdim=-1):
     """Features float32 [len(sdims) + C, N]: coordinates / sdims, then channels / schan (channel axis chdim, -1: none)."""
+    img = np.asarray(img)
+    if isinstance(chdim, bool) or not isinstance(chdim, numbers.Integral) or not -1 <= chdim < img.ndim:
+        raise ValueError(f"chdim must be the channel axis of img (0..{img.ndim - 1}; -1: img has no channel axis), "
+                         f"got {chdim!r} for img of shape {img.shape}; an [H, W, 3] image has chdim=2")
     im_feat = img[np.newaxis].astype(np.float32) if chdim == -1 else np.rollaxis(img, chdim).astype(np.float32)
+    if len(sdims) != im_feat.ndim - 1:  # pydensecrf leaves the other coordinates undivided, silently
+        raise ValueError(f"sdims must give one width per spatial axis of img: {im_feat.ndim - 1} for shape {img.shape} "
+                         f"with chdim={chdim}, got {len(sdims)} {tuple(sdims)!r}"
+                         + ("; an [H, W, C] image needs chdim=2" if chdim == -1 and img.ndim == 3 else ""))
     if isinstance(schan, numbers.Number):
         im_feat /= schan
     else:
+        if len(schan) != len(im_feat):
+            raise ValueError(f"schan must be one width or one per channel ({len(im_feat)}), got {tuple(schan)!r}")
         for i, s in enumerate(schan):
             im_feat[i] /= s
     mesh = np.array(np.meshgrid(*[range(s) for s in im_feat.shape[1:]], indexing="ij"), dtype=np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,15 @@ def read_image(path) -> torch.Tensor:
     """An image file -> uint8 tensor [3,H,W], RGB, with its EXIF orientation applied (as a viewer shows it), and
     also the images that PIL's convert("RGB") would silently spoil: 16-bit grey (PIL clips it to 255, white)
     is scaled by its range, 0..65535 -> 0..255; floating-point ("F", all black) and 32-bit integer images are
-    refused, since their range is not known. A decompression bomb is refused with the image's size. A missing file raises FileNotFoundError, an unreadable or corrupt one ValueError, both
-    naming the path."""
+    refused, since their range is not known. A decompression bomb is refused with the image's size. A missing
+    file raises FileNotFoundError; a folder, an unreadable or a corrupt file ValueError, each naming the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"read_image takes the path of an image file (str or pathlib.Path), got {type(path).__name__}; "
+                        "an image already in memory needs no reading: torch.from_numpy(array).permute(2, 0, 1)")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a folder, not an image file; give the image files in it "
+                         "(python -m dlcore segment also takes a folder)")
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
     try:
@@ -41,6 +48,9 @@ def read_image(path) -> torch.Tensor:
     except Image.DecompressionBombError as exc:
         raise ValueError(f"image {path} is too large to decode safely ({exc}); shrink it first "
                          "(--max-side resizes only after decoding)") from None
+    except PermissionError:
+        raise ValueError(f"cannot read image {path}: permission denied for this user; check its permissions "
+                         "(ls -l) or copy it somewhere readable") from None
     except (OSError, SyntaxError) as exc:  # PIL raises these for truncated / non-image files
         raise ValueError(f"cannot read image {path}: {exc}; is it a complete JPEG/PNG file?") from None
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

@@ -24,6 +24,7 @@ Rasterisation is vectorised numpy over each object's bounding box: about 4 ms pe
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -54,15 +55,20 @@ BACKGROUND_TEXTURE = 0.06  # contrast of the faint large-scale stripes in the ba
 _OBJECT_CHOICES = [DISC, SQUARE, TRIANGLE, RING, CROSS, POLE, STAR, "vehicle"]
 
 
+def _is_whole(x) -> bool:
+    """An integer-valued number (not a bool, a str or None: int() would accept "12" or truncate 12.7 silently)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x) and int(x) == x
+
+
 def _as_hw(size) -> tuple[int, int]:
-    if isinstance(size, (tuple, list)):
-        if len(size) != 2:
-            raise ValueError(f"size must be an int or (height, width), got {size!r}")
-        h, w = (int(s) for s in size)
-    else:
-        h = w = int(size)
+    sides = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    if len(sides) != 2 or not all(_is_whole(s) for s in sides):
+        raise ValueError(f"size must be an int or (height, width) of ints (pixels; --size on the command line), "
+                         f"got {size!r}")
+    h, w = (int(s) for s in sides)
     if min(h, w) < 16:
-        raise ValueError(f"size must be >= 16 pixels a side (objects and their void band need room), got {size!r}")
+        raise ValueError(f"size must be >= 16 pixels a side (objects and their void band need room; --size on the "
+                         f"command line), got {size!r}")
     return h, w
 
 
@@ -384,10 +390,11 @@ class SyntheticScenes(Dataset):
     def __init__(self, split: str = "train", n: int = 1000, size=128, seed: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n (number of scenes) must be an integer >= 1, got {n!r}")
-        if int(seed) != seed or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if not _is_whole(n) or n < 1:
+            raise ValueError(f"n, the number of scenes (--n-train / --n-val on the command line), must be an "
+                             f"integer >= 1, got {n!r}")
+        if not _is_whole(seed) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0 (--seed on the command line), got {seed!r}")
         self.split, self.n, self.seed = split, int(n), int(seed)
         self.height, self.width = _as_hw(size)
         self.size = size
