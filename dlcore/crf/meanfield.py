@@ -84,14 +84,11 @@ def mean_field(unary: torch.Tensor, pairwise: FusedFilter, iterations: int, trac
     Recording costs one extra filtering (for the last state's KL), nothing otherwise.
     """
     q = torch.softmax(-unary, dim=1)
-    # a FusedFilter writes every iteration's message into one buffer; other callables (compat's) return fresh ones
-    fused = isinstance(pairwise, FusedFilter)
-    message = torch.empty_like(q) if fused else None
     for t in range(iterations):
-        message = pairwise(q, out=message) if fused else pairwise(q)
+        message = pairwise(q)
         if trace is not None:
             trace.append({"iteration": t, "q": q, **free_energy_terms(q, unary, message)})
-        q = torch.softmax(message.sub_(unary), dim=1)
+        q = torch.softmax(message.sub_(unary), dim=1)  # in place: message is a fresh buffer
     if trace is not None:
         trace.append({"iteration": iterations, "q": q, **free_energy_terms(q, unary, pairwise(q))})
     return q
