@@ -4,6 +4,7 @@
     python benchmarks/crf.py --device cuda        # GPU: ms/image, images/s at batch 16, peak memory
     python benchmarks/crf.py --scaling benchmarks/crf_scaling.png   # time vs image size, exact vs lattice
     python benchmarks/crf.py --phases --device cuda --batch 16      # where the time goes
+    python benchmarks/crf.py --compare [--load]   # the fair comparison (issue 14), see crf_compare.py
 
 Times are medians over --repeats runs, lattice build included (as pydensecrf's includes its own).
 """
@@ -11,6 +12,7 @@ Times are medians over --repeats runs, lattice build included (as pydensecrf's i
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -59,7 +61,7 @@ def median_time(fn, repeats: int, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def pydensecrf_run(image: np.ndarray, probs: np.ndarray):
+def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int = SETTINGS["iterations"]):
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -68,7 +70,7 @@ def pydensecrf_run(image: np.ndarray, probs: np.ndarray):
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     d.addPairwiseGaussian(sxy=SETTINGS["sigma_gamma"], compat=SETTINGS["w2"])
     d.addPairwiseBilateral(sxy=SETTINGS["sigma_alpha"], srgb=SETTINGS["sigma_beta"], rgbim=np.ascontiguousarray(image), compat=SETTINGS["w1"])
-    return np.array(d.inference(SETTINGS["iterations"]))
+    return np.array(d.inference(iterations))
 
 
 def bench_cpu(args) -> None:
@@ -183,9 +185,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--phases", action="store_true", help="time each phase of one call (with --device, --batch)")
     parser.add_argument("--scaling", default=None, help="write the exact-vs-lattice scaling plot to this .png")
+    parser.add_argument("--compare", action="store_true", help="the fair comparison of every implementation here")
+    parser.add_argument("--load", action="store_true", help="with --compare: warm times with a busy process on one core")
+    parser.add_argument("--plot", default=str(Path(__file__).with_name("crf_compare.png")), help="with --compare")
+    parser.add_argument("--voc-limit", type=int, default=0, help="with --compare: at most this many VOC photographs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.scaling:
+    if not args.compare:  # --threads means that many, whatever the load (the default policy would pick fewer)
+        os.environ.setdefault("DLCORE_CRF_THREADS", str(args.threads))
+    if args.compare:
+        import crf_compare
+
+        crf_compare.main(args)
+    elif args.scaling:
         bench_scaling(args)
     elif args.phases:
         bench_phases(args)

@@ -27,6 +27,7 @@ from dlcore.crf.defaults import DEEPLAB_V1_LARGEFOV, DEEPLAB_V2_RESNET101, DEFAU
 from dlcore.crf.exact import exact_gaussian_filter, kernels_at
 from dlcore.crf.lattice import PermutohedralLattice, check_lattice_fits, lattice_memory_bytes
 from dlcore.crf.meanfield import NORMALIZATIONS, PROB_FLOOR, kl_divergence, mean_field, pairwise_filter
+from dlcore.crf.threads import cpu_threads
 
 __all__ = [
     "dense_crf", "DenseCRF", "PermutohedralLattice", "exact_gaussian_filter", "kernels_at", "crf_features",
@@ -174,6 +175,12 @@ class DenseCRF(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None = None) -> torch.Tensor:
+        # the whole call at one thread count, fewer threads when other processes hold cores (threads.py)
+        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if probs.ndim == 4 else 0
+        with cpu_threads(pixels, probs.device):
+            return self._refine(images, probs, trace)
+
+    def _refine(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None) -> torch.Tensor:
         if probs.ndim == 4 and self.iterations:  # from the shapes alone, before the value checks' temporaries
             check_lattice_fits(probs.shape[0] * probs.shape[2] * probs.shape[3], 5, probs.shape[1], probs.device,
                                self.max_memory_bytes)

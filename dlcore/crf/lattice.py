@@ -15,8 +15,9 @@ costs O(N^2) done directly (see `dlcore.crf.exact`). The lattice makes it O(N (d
    constant alpha = 1 / (1 + 2^-d).
 
 Everything that depends only on the features (simplex, vertex ids, weights, neighbours) is computed once
-per image in `PermutohedralLattice(...)`; then splat, blur and slice are sparse matrices, so filtering is
-a few `torch.sparse.mm` calls on CPU (MKL) or CUDA (cuSPARSE) with the same code. The arithmetic of the
+per image in `PermutohedralLattice(...)`; then splat, blur and slice are sparse products (weighted sums of
+gathered rows), so filtering is a few `torch.nn.functional.embedding_bag` calls, on CPU or CUDA with the same
+code. The arithmetic of the
 build (elevation, rounding to the nearest remainder-0 point, ranks) follows pydensecrf's SSE path in
 float32, so the lattice is the same one pydensecrf builds.
 """
@@ -28,6 +29,7 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 # Integer key coordinates are packed into one int64 per vertex; 62 bits leave room for the +/- (d+1)
 # neighbour offsets without overflow.
@@ -192,7 +194,7 @@ class PermutohedralLattice:
     `group` [N] (int64, optional) keeps points of different images apart, so a batch is one lattice.
     Kept after the build: `offset` [N, d+1] vertex ids, `barycentric` [N, d+1] weights, the entries sorted by
     vertex (`order`, `crow`) and, per lattice direction, the ids of each vertex's two neighbours; `FusedFilter`
-    turns them into sparse matrices, `dlcore.crf.cuda` hands them to its Triton kernels.
+    turns them into sparse products, `dlcore.crf.cuda` hands them to its Triton kernels.
     """
 
     def __init__(self, features: torch.Tensor, group: torch.Tensor | None = None, max_memory_bytes: int | None = None):
@@ -265,22 +267,29 @@ class PermutohedralLattice:
         d = self.d
         ones = sum(packing.unit(i) for i in range(d))
         step = 0 if axis == d else (d + 1) * packing.unit(axis)
-        return self._find(self._vertex_codes - ones + step), self._find(self._vertex_codes + ones - step)
+        below = self._find(self._vertex_codes - ones + step)
+        # v's neighbour on the other side is the u whose `below` is v: the inverse map, no second search
+        above = torch.full_like(below, -1)
+        found = below >= 0
+        above[below[found]] = torch.arange(self.num_vertices, device=below.device)[found]
+        return below, above
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """Approximate sum_j exp(-|f_i - f_j|^2 / 2) v_j for values [N, C], as pydensecrf computes it.
 
         The plain gather/scatter form of splat, blur, slice: clear and cheap for a few channels (the kernel
-        normalisation uses it with C = 1); `FusedFilter` is the fast form for mean-field.
+        normalisation uses it with C = 1); `FusedFilter` is the fast form for mean-field. float64 values are
+        filtered in float64 (the weights widened): the reference that float32 results are measured against.
         """
-        values = values.float()
+        values = values if values.dtype == torch.float64 else values.float()
+        bary = self.barycentric.to(values.dtype)
         flat = self.offset.reshape(-1)
         splat = values.new_zeros(self.num_vertices + 1, values.shape[1])  # last row: the missing neighbour, 0
-        splat.index_add_(0, flat, (self.barycentric[:, :, None] * values[:, None, :]).reshape(-1, values.shape[1]))
+        splat.index_add_(0, flat, (bary[:, :, None] * values[:, None, :]).reshape(-1, values.shape[1]))
         v = splat
         for n1, n2 in self.neighbours:  # index -1 reads the zero row
             v = torch.cat([v[:-1] + 0.5 * (v[n1] + v[n2]), v[-1:]])
-        return self.alpha * (v[self.offset] * self.barycentric[:, :, None]).sum(1)
+        return self.alpha * (v[self.offset] * bary[:, :, None]).sum(1)
 
 
 def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
@@ -293,14 +302,14 @@ def _csr(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size) -> 
 class FusedFilter:
     """sum_k post_k * K_k(pre_k * v) for several lattices over the same N points, as one splat, blur, slice.
 
-    The lattices' vertices are stacked (highest d first), so splat and slice are single sparse matrices
+    The lattices' vertices are stacked (highest d first), so splat and slice are single sparse products
     with the per-point scales folded in, and blur direction j only touches the vertices of the lattices
     that have a direction j (a prefix of the stack). This is how mean-field filters with the appearance
     and the smoothness kernel in one pass (Krähenbühl & Koltun 2011, Sec. 4 filter them separately).
 
     The stacked arrays are kept as they are (`splat_crow`/`splat_points`/`splat_weights`: the splat in CSR
     form; `slice_vertices`/`slice_weights` [N, K]; `neighbours`: per direction [active, 2], -1 = none) for
-    the Triton kernels of `dlcore.crf.cuda`; calling the filter turns them into sparse matrices once.
+    the Triton kernels of `dlcore.crf.cuda`; calling the filter turns them into embedding-bag operands once.
     """
 
     def __init__(self, lattices, pre, post):
@@ -328,19 +337,32 @@ class FusedFilter:
             active = [(lat, b) for lat, b in zip(lattices, base) if lat.d >= axis]
             self.neighbours.append(torch.cat([torch.stack([torch.where(n >= 0, n + b, n) for n in lat.neighbours[axis]], 1)
                                               for lat, b in active]))
-        self._matrices = None
+        self._bags = None
 
-    def matrices(self):
-        """(splat [M, N], blur per direction [active, active], slice [N, M]) as sparse CSR matrices."""
-        if self._matrices is None:
-            n, m = self.num_points, self.num_vertices
-            splat = _csr(self.splat_crow, self.splat_points, self.splat_weights, (m, n))
-            cols, order = self.slice_vertices.sort(1)  # sorted columns per row, as sparse backends expect
-            k = cols.shape[1]
-            crow = torch.arange(0, n * k + 1, k, device=cols.device)
-            slice_ = _csr(crow, cols.reshape(-1), self.slice_weights.gather(1, order).reshape(-1), (n, m))
-            self._matrices = splat, [self._blur_matrix(nbr) for nbr in self.neighbours], slice_
-        return self._matrices
+    def bags(self):
+        """(splat, blur per direction, slice) as embedding-bag operands: out[r] = sum_e weight[e] * values[index[e]].
+
+        splat: a bag per vertex over the points in its simplices (index, offsets, weights); blur j: a bag per
+        vertex over itself and its (found) neighbours along j, or itself alone in the lattices without a
+        direction j; slice: [N, K] indices and weights, K corners per point.
+        """
+        if self._bags is None:
+            starts = self.splat_crow[:-1]
+            splat = self.splat_points, starts, self.splat_weights
+            self._bags = splat, [self._blur_bag(nbr) for nbr in self.neighbours], (self.slice_vertices, self.slice_weights)
+        return self._bags
+
+    def _blur_bag(self, neighbours: torch.Tensor):
+        """v_i + (v_n1 + v_n2) / 2 along one direction for the `active` first vertices, v_i for the rest."""
+        m, active, device = self.num_vertices, neighbours.shape[0], neighbours.device
+        own = torch.arange(m, device=device)
+        cols = torch.full((m, 3), -1, dtype=own.dtype, device=device)
+        cols[:, 1] = own
+        cols[:active, 0], cols[:active, 2] = neighbours[:, 0], neighbours[:, 1]
+        weights = torch.tensor([0.5, 1.0, 0.5], device=device).expand(m, 3)
+        found = cols >= 0
+        offsets = torch.cat([cols.new_zeros(1), found.sum(1).cumsum(0)[:-1]])
+        return cols[found], offsets, weights[found].to(self.slice_weights.dtype)
 
     @staticmethod
     def _blur_matrix(neighbours: torch.Tensor) -> torch.Tensor:
@@ -354,12 +376,14 @@ class FusedFilter:
         return _csr(crow, cols[found], vals[found], (size, size))
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        splat, blurs, slice_ = self.matrices()
-        v = torch.sparse.mm(splat, values)
-        for blur in blurs:
-            active = blur.shape[0]
-            if active == self.num_vertices:
-                v = torch.sparse.mm(blur, v)
-            else:
-                v = torch.cat([torch.sparse.mm(blur, v[:active]), v[active:]])
-        return torch.sparse.mm(slice_, v)
+        """sum_k post_k K_k(pre_k values) for values [N, C]: one splat, d+1 blurs and one slice.
+
+        Each product is an `embedding_bag` sum with per-entry weights: the same sums in the same order as
+        the sparse CSR products (bit-equal here), without their zero-filled temporary and copy per product
+        (measured on a 2-core CPU, 500 x 375 x 21: a blur 2.6 ms against 21-45 ms as torch.sparse.mm).
+        """
+        (points, starts, weights), blurs, (corners, corner_weights) = self.bags()
+        v = F.embedding_bag(points, values, starts, mode="sum", per_sample_weights=weights)
+        for index, offsets, w in blurs:
+            v = F.embedding_bag(index, v, offsets, mode="sum", per_sample_weights=w)
+        return F.embedding_bag(corners, v, mode="sum", per_sample_weights=corner_weights)
