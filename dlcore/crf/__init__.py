@@ -173,7 +173,7 @@ class DenseCRF(nn.Module):
     The whole batch shares one lattice build (the image index is part of each lattice key), so on a GPU
     a batch costs a handful of sparse matrix products per iteration. No learnable parameters, and inference
     only: with probs that require grad (outside no_grad) Q is the same, and a backward pass through it raises
-    an error that points to `LearnableCRF`, the trainable layer.
+    an error that points to `LearnableCRF`, the trainable layer (zero iterations return probs itself).
     """
 
     def __init__(self, iterations: int = 10, *, w1: float = 4.0, sigma_alpha: float = 121.0, sigma_beta: float = 5.0,
