@@ -99,11 +99,29 @@ def test_potts_layer_gives_dense_crf_q():
 
 
 def test_inference_path_stays_without_graph():
-    """dense_crf / DenseCRF stay inference-only (no graph, no saved tensors): gradients are LearnableCRF's job."""
+    """dense_crf / DenseCRF stay inference-only: without a gradient request, no graph and nothing saved."""
     images, logits = tiny_batch()
-    probs = torch.softmax(logits.float(), 1).requires_grad_()
+    probs = torch.softmax(logits.float(), 1)
     q = DenseCRF(T, **SMALL)(images, probs)
     assert not q.requires_grad and q.grad_fn is None
+    with torch.no_grad():
+        assert DenseCRF(T, **SMALL)(images, probs.requires_grad_()).grad_fn is None
+
+
+@pytest.mark.parametrize("path", ["module", "function"])
+def test_gradient_request_on_inference_path_says_how(path):
+    """probs that require grad: the same Q bit for bit, and backward names LearnableCRF instead of a silent no-op."""
+    images, logits = tiny_batch()
+    probs = torch.softmax(logits.float(), 1)
+    if path == "module":
+        run = lambda p: DenseCRF(T, **SMALL)(images, p)  # noqa: E731
+    else:
+        run = lambda p: dense_crf(images[0].permute(1, 2, 0), p[0], T, **SMALL)  # noqa: E731
+    plain = run(probs)
+    asked = run(probs.clone().requires_grad_())
+    assert asked.requires_grad and torch.equal(asked.detach(), plain)
+    with pytest.raises(RuntimeError, match="inference-only.*LearnableCRF"):
+        torch.log(asked).sum().backward()
 
 
 # ---- memory: Q_t per iteration, truncated backprop ------------------------------------------------------------------

@@ -150,11 +150,30 @@ def _check_batch(images: torch.Tensor, probs: torch.Tensor) -> None:
         )
 
 
+class _InferenceOnly(torch.autograd.Function):
+    """The inference-only CRF's Q, tied to probs that require grad so that a backward pass through it stops with
+    an explanation instead of a gradient that silently never reaches the network. The forward is `refine` itself
+    (same numbers); the check costs nothing when no gradient is asked for (probs without grad, or no_grad)."""
+
+    @staticmethod
+    def forward(ctx, probs, refine):
+        return refine(probs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("dense_crf / DenseCRF are inference-only: their Q has no gradient with respect to probs. "
+                           "To train through the CRF use dlcore.crf.LearnableCRF(num_labels) on the logits "
+                           "(CRF as RNN: gradients to the unaries, w1, w2 and the compatibility); to refine "
+                           "without a graph, call it under torch.no_grad() or pass probs.detach()")
+
+
 class DenseCRF(nn.Module):
     """Fully connected CRF with mean-field inference for batches: forward(images uint8 [B,3,H,W], probs [B,L,H,W]).
 
     The whole batch shares one lattice build (the image index is part of each lattice key), so on a GPU
-    a batch costs a handful of sparse matrix products per iteration. No learnable parameters.
+    a batch costs a handful of sparse matrix products per iteration. No learnable parameters, and inference
+    only: with probs that require grad (outside no_grad) Q is the same, and a backward pass through it raises
+    an error that points to `LearnableCRF`, the trainable layer (zero iterations return probs itself).
     """
 
     def __init__(self, iterations: int = DEFAULTS["iterations"], *, w1: float = DEFAULTS["w1"],
@@ -173,13 +192,15 @@ class DenseCRF(nn.Module):
         return (f"iterations={self.iterations}, w1={self.w1}, sigma_alpha={self.sigma_alpha}, sigma_beta={self.sigma_beta}, "
                 f"w2={self.w2}, sigma_gamma={self.sigma_gamma}, normalization={self.normalization!r}")
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None = None) -> torch.Tensor:
         # the whole call at one thread count, fewer threads when other processes hold cores (threads.py)
-        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if probs.ndim == 4 else 0
-        with cpu_threads(pixels, probs.device):
+        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if torch.is_tensor(probs) and probs.ndim == 4 else 0
+        with cpu_threads(pixels, probs.device if torch.is_tensor(probs) else torch.device("cpu")):
+            if self.iterations and torch.is_tensor(probs) and probs.requires_grad and torch.is_grad_enabled():
+                return _InferenceOnly.apply(probs, lambda p: self._refine(images, p, trace))  # Q, whose backward explains
             return self._refine(images, probs, trace)
 
+    @torch.no_grad()
     def _refine(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None) -> torch.Tensor:
         if probs.ndim == 4 and self.iterations:  # from the shapes alone, before the value checks' temporaries
             check_lattice_fits(probs.shape[0] * probs.shape[2] * probs.shape[3], 5, probs.shape[1], probs.device,
@@ -222,6 +243,7 @@ def dense_crf(image, probs, iterations: int = DEFAULTS["iterations"], *, w1: flo
     cross-validated settings (see the module docstring). `normalization`: "symmetric" (pydensecrf's default),
     "before", "after" or "none". `trace`: a list that receives, for Q_0..Q_T, {"iteration", "q" [L,H,W],
     "kl" (as pydensecrf's klDivergence), "energy", "entropy"}. Zero iterations return `probs` unchanged.
+    Inference only (no gradient to probs; a backward pass through Q says so): to train through it, `LearnableCRF`.
     """
     _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization, max_memory_bytes)
     if trace is not None and not isinstance(trace, list):

@@ -46,8 +46,9 @@ training run) is refused at the next forward with an error that names it.
 Why a separate module rather than `DenseCRF(..., differentiable=True)`: DenseCRF takes probabilities, has no
 parameters, runs under `torch.no_grad()` with the fused Triton path on a GPU, and its validation is shared with
 `dense_crf`; a trainable layer takes logits, owns nn.Parameters and always needs the saved graph. Keeping them
-apart leaves the inference path exactly as fast and exactly as it was. `dense_crf` / `DenseCRF` return a tensor
-without a gradient (their forward runs under no_grad): to train through the CRF, use `LearnableCRF`.
+apart leaves the inference path exactly as fast and exactly as it was. `dense_crf` / `DenseCRF` compute Q without
+a graph; given probs that require grad they return the same Q tied to them, and a backward pass through it raises
+an error that names `LearnableCRF`, rather than a gradient that silently never reaches the network.
 Only the symmetric normalisation (pydensecrf's default) is offered: the others are not symmetric matrices,
 so their backward would need a second, transposed filter.
 
