@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so that the same seed gives the same data and, on CPU, the same metrics."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in 0..2**32 - 1, not {seed!r} (SEED in a notebook's first cell)")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -50,6 +50,9 @@ def load_checkpoint(path) -> dict:
     checkpoint (no 'model' state_dict) -> ValueError "X is not a readable dlcore checkpoint (...)".
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f"; did you mean {path / 'last.pt'}?" if (path / "last.pt").is_file() else ""
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file{hint} (give the .pt file)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `python -m dlcore train "
                                 f"--checkpoint-dir DIR` (it writes DIR/last.pt)")

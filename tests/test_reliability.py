@@ -477,9 +477,8 @@ def test_atomic_write_cleans_only_stale_temporaries(tmp_path):
 
 # ================================================================================ the re-run: new bad inputs
 # Found by re-running issue 15's cases and ~90 new ones (the report of branch `reliab`). Fixed here: the
-# pydensecrf front door (dlcore.crf.compat) and read_image. The xfail(strict) tests name failures in modules
-# other sessions own (dlcore/zoo.py, dlcore/__init__.py, the engine): each passes once its fix lands, and then
-# strict=True makes the stale xfail marker fail, so it is removed.
+# pydensecrf front door (dlcore.crf.compat) and read_image; then the zoo's command and loader, seed_everything,
+# resolve_device, eval --size, a checkpoint folder and figures --only (each first an xfail(strict) test).
 
 def _compat_crf(H=12, W=14, L=3):
     import dlcore.crf.compat as dcrf
@@ -587,23 +586,17 @@ def test_train_and_eval_name_n_train_and_n_val(run_dir, capsys):
 
 # ---- the engine and the CLI (dlcore/engine.py, checkpoint.py, figures.py: helper A's refactor) ---------------------
 
-@pytest.mark.xfail(strict=True, reason="engine.py: `size = args.size or trained_on['size']` turns --size 0 into the "
-                   "training size: eval scores other scenes than asked and exits 0; refuse size < 16 (--size)")
 def test_eval_refuses_size_0(run_dir, capsys):
     assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--n-val", "1", "--size", "0",
                  "--no-progress"]) == 2
     assert "--size" in one_line(capsys, "eval")
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.py: load_checkpoint says a folder 'does not exist'; say it is a "
-                   "folder and name DIR/last.pt when it holds one")
 def test_a_checkpoint_that_is_a_folder_is_named(run_dir):
     with pytest.raises(ValueError, match="is a folder.*last.pt"):
         load_checkpoint(run_dir)
 
 
-@pytest.mark.xfail(strict=True, reason="figures.py: run_figures prints 'figures: FAILED' and the error on two lines "
-                   "with exit 1 for a bad --only; use dlcore.io.command_error (exit 2, one line, --debug)")
 def test_figures_only_names_an_unknown_notebook(capsys):
     assert main(["figures", "--only", "99"]) == 2
     assert "'99'" in one_line(capsys, "figures")
@@ -628,19 +621,14 @@ def _no_training(monkeypatch):
         raise AssertionError("zoo train started training before it checked its inputs")
 
     for fn in ("train_pretrained", "train_model"):
-        monkeypatch.setattr(zoo, fn, trained)
+        monkeypatch.setattr(zoo.training, fn, trained)
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: `zoo list` must call read_manifest first and report its ZooError "
-                   "(exit 2); today _ok() swallows it and every intact file is listed 'missing or altered', exit 0")
 def test_zoo_list_names_a_damaged_manifest(damaged_zoo, capsys):
     assert main(["zoo", "list", "--zoo-dir", str(damaged_zoo)]) == 2
     assert "manifest.json is not valid JSON" in one_line(capsys, "zoo")
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: run_zoo must read the manifest before train_all; today a damaged "
-                   "manifest makes every entry 'incomplete', so `--only fcn32s` retrains and overwrites the intact "
-                   "pretrain-vgg16.pt, then fails at the manifest update")
 def test_zoo_train_with_a_damaged_manifest_trains_and_overwrites_nothing(damaged_zoo, capsys, monkeypatch):
     _no_training(monkeypatch)
     assert main(["zoo", "train", "--only", "fcn32s", "--zoo-dir", str(damaged_zoo)]) == 2
@@ -648,8 +636,6 @@ def test_zoo_train_with_a_damaged_manifest_trains_and_overwrites_nothing(damaged
     assert (damaged_zoo / "pretrain-vgg16.pt").read_bytes() == b"the intact pre-trained trunk"
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: run_zoo must check --zoo-dir (dlcore.io.check_output_dir) before "
-                   "train_all; today a file or read-only folder fails only at the first write, after the training")
 def test_zoo_train_checks_its_zoo_dir_before_training(tmp_path, capsys, monkeypatch):
     _no_training(monkeypatch)
     a_file = tmp_path / "file"
@@ -658,8 +644,6 @@ def test_zoo_train_checks_its_zoo_dir_before_training(tmp_path, capsys, monkeypa
     assert "is a file" in one_line(capsys, "zoo")
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: `zoo list` must refuse a --zoo-dir that is not a folder (exit 2, "
-                   "naming it); today it lists every entry 'missing or altered' with exit 0")
 @pytest.mark.parametrize("kind", ["file", "missing"])
 def test_zoo_list_refuses_a_zoo_dir_that_is_not_a_folder(tmp_path, capsys, kind):
     zoo_dir = tmp_path / "zoo_typo"
@@ -669,8 +653,6 @@ def test_zoo_list_refuses_a_zoo_dir_that_is_not_a_folder(tmp_path, capsys, kind)
     assert "zoo_typo" in one_line(capsys, "zoo")
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: _ok() indexes info['sha256'] and info['file']; a manifest entry "
-                   "without them is a KeyError traceback (exit 1) instead of a ZooError naming the entry")
 def test_zoo_list_names_a_manifest_entry_without_its_checksum(tmp_path, capsys):
     (tmp_path / "fcn8s-s0.pt").write_bytes(b"weights")
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "dlcore-zoo", "version": 1, "crf": {},
@@ -680,18 +662,14 @@ def test_zoo_list_names_a_manifest_entry_without_its_checksum(tmp_path, capsys):
     assert "fcn8s-s0" in err and "sha256" in err
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: run_zoo calls dlcore.resolve_device, whose RuntimeError escapes its "
-                   "except clause (a traceback, exit 1); use dlcore.checkpoint.parse_device as segment/eval do")
 def test_zoo_train_refuses_an_unknown_device(tmp_path, capsys, monkeypatch):
-    from dlcore import zoo
+    from dlcore.cli import zoo as zoo_command
 
-    monkeypatch.setattr(zoo, "train_all", lambda *a, **k: pytest.fail("trained with device 'tpu'"))
+    monkeypatch.setattr(zoo_command, "train_all", lambda *a, **k: pytest.fail("trained with device 'tpu'"))
     assert main(["zoo", "train", "--only", "fcn32s", "--zoo-dir", str(tmp_path / "z"), "--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in one_line(capsys, "zoo")
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: load() tests `seed not in SEEDS`, which True and 1.0 pass "
-                   "(True == 1); it then asks for 'fcn8s-sTrue' and names a rebuild command that cannot work")
 @pytest.mark.parametrize("seed", [True, 1.0])
 def test_zoo_load_refuses_seeds_that_are_not_integers(seed):
     from dlcore import zoo
@@ -700,8 +678,6 @@ def test_zoo_load_refuses_seeds_that_are_not_integers(seed):
         zoo.load("fcn8s", seed=seed)
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.py: read_manifest() treats a missing or non-folder zoo_dir as an empty "
-                   "zoo, so a typo in ZOO_DIR is reported as 'no entry pretrain-vgg16; rebuild it' (a long retrain)")
 @pytest.mark.parametrize("kind", ["file", "missing"])
 def test_zoo_load_names_a_zoo_dir_that_is_not_a_folder(tmp_path, kind):
     from dlcore import zoo
@@ -715,9 +691,6 @@ def test_zoo_load_names_a_zoo_dir_that_is_not_a_folder(tmp_path, kind):
 
 # ---- what the notebooks' first cell calls (dlcore/__init__.py) ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="dlcore/__init__.py: seed_everything passes the seed to numpy unchecked: "
-                   "'zero' is numpy's TypeError, -1 numpy's 'Seed must be between 0 and 2**32 - 1'; a notebook run "
-                   "with SEED='zero' fails in that cell with numpy's words")
 @pytest.mark.parametrize("seed", ["zero", -1, 1.5])
 def test_seed_everything_names_a_bad_seed(seed):
     import dlcore
@@ -726,8 +699,6 @@ def test_seed_everything_names_a_bad_seed(seed):
         dlcore.seed_everything(seed)
 
 
-@pytest.mark.xfail(strict=True, reason="dlcore/__init__.py: resolve_device('tpu') is torch's RuntimeError listing "
-                   "20 backends (notebooks' DEVICE, zoo train); checkpoint.parse_device's ValueError belongs there")
 def test_resolve_device_names_an_unknown_device():
     import dlcore
 

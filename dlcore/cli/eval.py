@@ -37,6 +37,8 @@ def eval_data(args, trained_on: dict):
     """(dataset, description): the eval options, where not given what the checkpoint was trained on."""
     trained_on = trained_on if isinstance(trained_on, dict) else {}
     seed = args.seed if args.seed is not None else trained_on.get("seed", 0)
+    if args.size is not None and args.size < 16:  # `or` below would silently take the training size for 0
+        raise ValueError(f"--size {args.size} is too small; give at least 16 (or leave it out: the training size)")
     return open_dataset(args.data or trained_on.get("data", "synthetic"), args.split,
                         root=args.root or trained_on.get("root"), n=args.n_val,
                         size=args.size or trained_on.get("size", 128), seed=seed)

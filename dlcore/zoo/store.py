@@ -119,6 +119,9 @@ def load_entry(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
 @functools.lru_cache(maxsize=64)
 def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
     """`load_entry`'s work, remembered while the file and the manifest stay as they were (`key`)."""
+    if not zoo_dir.is_dir():  # a typo in ZOO_DIR is not a zoo to rebuild
+        state = "is a file, not a folder" if zoo_dir.exists() else "does not exist"
+        raise ZooError(f"zoo folder {zoo_dir} {state}; give the zoo's folder (the repository's zoo/: {ZOO_DIR})")
     info = read_manifest(zoo_dir)["entries"].get(name)
     path = zoo_dir / f"{name}.pt"
     fix = f"rebuild it with `{rebuild_command(name)}`"
@@ -156,12 +159,18 @@ def recorded(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
 
 
 def _ok(name: str, zoo_dir: Path) -> bool:
+    """Is entry `name`'s file there and equal to its manifest checksum? (With a damaged manifest none is.)"""
     try:
         info = read_manifest(zoo_dir)["entries"].get(name)
-        return info is not None and (Path(zoo_dir) / info["file"]).is_file() and \
-            _sha256(Path(zoo_dir) / info["file"]) == info["sha256"]
     except ZooError:
         return False
+    if info is None:
+        return False
+    if not isinstance(info, dict) or not {"file", "sha256"} <= set(info):
+        raise ZooError(f"the zoo manifest's entry {name!r} lacks its file name or sha256; restore manifest.json "
+                       f"from git or rebuild the entry with `{rebuild_command(name)}`")
+    path = Path(zoo_dir) / info["file"]
+    return path.is_file() and _sha256(path) == info["sha256"]
 
 
 def _complete(entry: str, zoo_dir: Path) -> bool:

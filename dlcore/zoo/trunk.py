@@ -59,7 +59,7 @@ def frozen_keys(model: nn.Module) -> set[str]:
 
 def load(name: str, seed: int = 0, zoo_dir: Path = ZOO_DIR) -> nn.Module:
     """The trained zoo model `name` of `seed`, in eval mode on the CPU (checked against the manifest)."""
-    if seed not in recipe.SEEDS:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed not in recipe.SEEDS:  # True == 1, 1.0 == 1
         raise ValueError(f"the zoo has seeds {recipe.SEEDS}, not {seed!r}")
     model = build(name)
     start_from_pretrained(model, load_entry(f"pretrain-{MODELS[name].trunk}", zoo_dir))
