@@ -294,3 +294,13 @@ def tap_positions(center: tuple[int, int], rate: int, kernel_size: int = 3) -> n
     offsets = rate * (np.arange(kernel_size) - half)
     rows, cols = np.meshgrid(center[0] + offsets, center[1] + offsets, indexing="ij")
     return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+
+def valid_tap_fraction(rate: int, n: int, kernel_size: int = 3) -> float:
+    """Share of the (position, tap) pairs of a k x k filter at `rate` on an n x n map whose tap lands inside the
+    map rather than in its zero padding: the part of a large field of view a small map cannot use (v2 Sec. 3.2,
+    "the number of valid filter weights ... gets smaller" as the rate approaches the map size)."""
+    rate = _check_rate(rate)
+    offsets = rate * (np.arange(kernel_size) - (kernel_size - 1) / 2)  # Caffe's even kernels: pad (k-1)*rate/2
+    per_axis = np.clip(n - np.abs(offsets), 0, None).sum() / (kernel_size * n)
+    return float(per_axis ** 2)

@@ -261,3 +261,15 @@ def test_make_dense_can_keep_pools_undilated_as_the_caffe_model():
     assert any(isinstance(m, nn.MaxPool2d) and m.dilation == 2 for m in proper)
     with pytest.raises(ValueError, match="dilate_pools"):
         make_dense(net, dilate_pools="no")
+
+
+@pytest.mark.parametrize("kernel_size,rate,n", [(3, 12, 32), (4, 4, 32), (7, 4, 32), (4, 8, 32), (3, 24, 32), (3, 12, 65)])
+def test_valid_tap_fraction_counts_the_taps_a_convolution_reads_inside_the_map(kernel_size, rate, n):
+    """A dilated all-ones filter over an all-ones map, padded with zeros: its mean output is the share of taps inside."""
+    from dlcore.atrous import valid_tap_fraction
+
+    pad = (kernel_size - 1) * rate // 2
+    out = torch.nn.functional.conv2d(torch.ones(1, 1, n, n), torch.ones(1, 1, kernel_size, kernel_size),
+                                     padding=pad, dilation=rate)
+    assert out.shape[-1] == n
+    assert valid_tap_fraction(rate, n, kernel_size) == pytest.approx(out.mean().item() / kernel_size ** 2)
