@@ -4,6 +4,7 @@ A notebook declares the figures it writes in its metadata, `metadata.dlcore.figu
 so that the runner and the tests can check that each was written.
 """
 
+import ast
 import json
 import os
 import time
@@ -42,6 +43,74 @@ def declared_figures(path: Path) -> list[str]:
     """The figure names a notebook says it writes (its metadata.dlcore.figures)."""
     meta = json.loads(Path(path).read_text())["metadata"]
     return list(meta.get("dlcore", {}).get("figures", []))
+
+
+# Cells whose output is exact and deterministic (the paper's tables, the metric worked by hand) start with this
+# line and keep their output in the stored notebook, so a reader sees the table without running anything;
+# `pytest --nbval-lax` (tests/test_nbval.py) fails when a re-run prints something else.
+CHECK_OUTPUT = "# NBVAL_CHECK_OUTPUT"
+
+
+def is_checked(cell) -> bool:
+    """True for a code cell marked `# NBVAL_CHECK_OUTPUT` on its first line."""
+    source = "".join(cell["source"])
+    return cell["cell_type"] == "code" and source.lstrip().startswith(CHECK_OUTPUT)
+
+
+def checked_cells(path: Path) -> list[int]:
+    """Indices of the cells of notebook `path` whose stored output nbval checks."""
+    return [i for i, c in enumerate(json.loads(Path(path).read_text())["cells"]) if is_checked(c)]
+
+
+def store_checked_outputs(executed: Path, notebook: Path) -> int:
+    """Copy the outputs of the checked cells of an executed copy (cells matched by source: papermill adds a cell)
+    into the stored `notebook`, without execution counts; every other cell stays clean. Returns the cells updated."""
+    import nbformat
+
+    ran = {c.source: c.outputs for c in nbformat.read(executed, as_version=4).cells if is_checked(c)}
+    nb = nbformat.read(notebook, as_version=4)
+    updated = 0
+    for cell in nb.cells:
+        if is_checked(cell):
+            if cell.source not in ran:
+                raise ValueError(f"{executed} has no executed copy of this checked cell of {notebook.name}; "
+                                 f"run it again: {cell.source[:80]!r}")
+            cell.outputs = [{k: v for k, v in o.items() if k != "execution_count"} | (
+                {"execution_count": None} if o.get("output_type") == "execute_result" else {}) for o in ran[cell.source]]
+            cell.execution_count = None
+            updated += 1
+    tmp = notebook.with_suffix(".ipynb.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(notebook)  # whole or not at all: the stored notebook is never left half written
+    return updated
+
+
+def parameters(nb) -> dict:
+    """{name: value} of the notebook's cell tagged `parameters` (literals only, tests/test_notebooks.py checks)."""
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body}
+
+
+def smoke_copy(path: Path, out_dir: Path, fig_dir: Path, kernel: str = "python3") -> Path:
+    """`path` with smoke parameters injected (as papermill does, stored outputs kept) and its relative paths
+    ("../zoo") made absolute, written to `out_dir` so that it runs from there on the project's zoo and data and
+    writes its figures into `fig_dir`. The JupyterLab test and nbval run these copies."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    path = Path(path)
+    nb = load_notebook_node(str(path))
+    params = {"SMOKE": True, "DEVICE": "cpu", "FIG_DIR": str(Path(fig_dir).resolve())}
+    for name, value in parameters(nb).items():
+        if name not in params and isinstance(value, str) and value.startswith(".."):
+            params[name] = str((path.parent / value).resolve())
+    nb = parameterize_notebook(nb, params)
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    out = Path(out_dir) / path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return out
 
 
 def kernel_name() -> str:
@@ -113,6 +182,9 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (what the tests run)")
     parser.add_argument("--only", metavar="NN", help="run only the notebooks whose name starts with NN, e.g. 02")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--store-checked", action="store_true",
+                        help=f"after the run, store the outputs of the cells marked '{CHECK_OUTPUT}' in notebooks/ "
+                             "(the stored tables nbval checks); every other cell stays clean")
 
 
 def run_figures(args) -> int:
@@ -124,4 +196,9 @@ def run_figures(args) -> int:
         print(f"figures: FAILED\n{e}", file=sys.stderr)
         return 1
     print(table(results))
+    if args.store_checked:
+        out_dir = ROOT / "build" / "notebooks"
+        for path in notebooks(args.only):
+            if checked_cells(path):
+                print(f"{path.name}: stored the output of {store_checked_outputs(out_dir / path.name, path)} checked cells")
     return 0
