@@ -64,25 +64,39 @@ def checked_cells(path: Path) -> list[int]:
 
 def store_checked_outputs(executed: Path, notebook: Path) -> int:
     """Copy the outputs of the checked cells of an executed copy (cells matched by source: papermill adds a cell)
-    into the stored `notebook`, without execution counts; every other cell stays clean. Returns the cells updated."""
-    import nbformat
-
-    ran = {c.source: c.outputs for c in nbformat.read(executed, as_version=4).cells if is_checked(c)}
-    nb = nbformat.read(notebook, as_version=4)
+    into the stored `notebook`, without execution counts; every other cell stays clean. Edits the JSON as stored
+    (key order, indentation), so the diff shows only the outputs. Returns the number of cells updated."""
+    ran = {"".join(c["source"]): c.get("outputs", []) for c in json.loads(Path(executed).read_text())["cells"]
+           if is_checked(c)}
+    nb = json.loads(Path(notebook).read_text())
     updated = 0
-    for cell in nb.cells:
+    for cell in nb["cells"]:
         if is_checked(cell):
-            if cell.source not in ran:
-                raise ValueError(f"{executed} has no executed copy of this checked cell of {notebook.name}; "
-                                 f"run it again: {cell.source[:80]!r}")
-            cell.outputs = [{k: v for k, v in o.items() if k != "execution_count"} | (
-                {"execution_count": None} if o.get("output_type") == "execute_result" else {}) for o in ran[cell.source]]
-            cell.execution_count = None
+            source = "".join(cell["source"])
+            if source not in ran:
+                raise ValueError(f"{executed} has no executed copy of this checked cell of {Path(notebook).name}; "
+                                 f"run it again: {source[:80]!r}")
+            cell["outputs"] = _coalesce([{k: (None if k == "execution_count" else v) for k, v in o.items()}
+                                         for o in ran[source]])
+            cell["execution_count"] = None
             updated += 1
-    tmp = notebook.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
+    tmp = Path(notebook).with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     tmp.replace(notebook)  # whole or not at all: the stored notebook is never left half written
     return updated
+
+
+def _coalesce(outputs: list) -> list:
+    """Consecutive stream outputs of one name merged into one (the kernel flushes prints in arbitrary chunks)."""
+    merged = []
+    for o in outputs:
+        if merged and o.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+                and merged[-1]["name"] == o["name"]:
+            text = "".join(merged[-1]["text"]) + "".join(o["text"])
+            merged[-1] = {**merged[-1], "text": text.splitlines(keepends=True)}
+        else:
+            merged.append(o)
+    return merged
 
 
 def parameters(nb) -> dict:
@@ -107,6 +121,7 @@ def smoke_copy(path: Path, out_dir: Path, fig_dir: Path, kernel: str = "python3"
             params[name] = str((path.parent / value).resolve())
     nb = parameterize_notebook(nb, params)
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    nb.nbformat_minor = max(nb.nbformat_minor, 5)  # the stored notebooks carry cell ids (nbformat 4.5)
     out = Path(out_dir) / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)

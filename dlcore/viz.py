@@ -19,6 +19,12 @@ def readable(fig, min_pt: float = MIN_FONT_PT):
     saved size; returns `fig`. Called by `savefig`, so every figure a notebook saves meets the slide minimum."""
     from matplotlib.text import Text
 
+    for ax in fig.axes:  # tick labels are made again at draw time from the axis' tick parameters: set those
+        for axis in (ax.xaxis, ax.yaxis):
+            for which in ("major", "minor"):
+                labels = axis.get_ticklabels(which=which)
+                if labels and min(t.get_fontsize() for t in labels) < min_pt:
+                    axis.set_tick_params(which=which, labelsize=min_pt)
     for text in fig.findobj(Text):
         if text.get_text() and text.get_fontsize() < min_pt:
             text.set_fontsize(min_pt)
@@ -122,8 +128,13 @@ def colour_labels(labels, ignore_index: int = 255, palette: np.ndarray = SCENE_C
     return out
 
 
+def legend_columns(width_inches: float) -> int:
+    """How many legend entries fit side by side in a figure `width_inches` wide at `MIN_FONT_PT`."""
+    return max(2, int(width_inches // 1.9))
+
+
 def class_legend(fig, class_names, classes, palette: np.ndarray = SCENE_COLOURS, void: bool = True,
-                 ncol: int = 6, y: float = 0.0):
+                 ncol: int | None = None, y: float = 0.0):
     """One legend for the figure, under it: a swatch and the name of each class in `classes` (and void)."""
     from matplotlib.patches import Patch
 
@@ -131,6 +142,7 @@ def class_legend(fig, class_names, classes, palette: np.ndarray = SCENE_COLOURS,
                for c in sorted(classes)]
     if void:
         handles.append(Patch(facecolor="white", edgecolor="0.5", label="void"))
+    ncol = ncol or legend_columns(fig.get_figwidth())
     return fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, y), ncol=min(len(handles), ncol),
                       fontsize=MIN_FONT_PT, frameon=False)
 
@@ -145,7 +157,7 @@ def segmentation_grid(images, columns: dict, class_names, *, ground_truth=None, 
     maps = ({"ground truth": ground_truth} if ground_truth is not None else {}) | columns
     n, k = len(images), 1 + len(maps)
     seen = {int(c) for labels in maps.values() for lab in labels[:n] for c in np.unique(np.asarray(lab)) if c != 255}
-    ncol = 4 if k <= 2 else 6 if k <= 4 else 8
+    ncol = legend_columns(size * k)
     legend_inches = 0.28 * -(-(len(seen) + 1) // ncol) + 0.1  # a row of the legend per ncol entries (void included)
     height = size * n + 0.35 + legend_inches
     fig, axes = plt.subplots(n, k, figsize=(size * k, height), squeeze=False)

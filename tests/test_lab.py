@@ -29,7 +29,7 @@ BUILD = ROOT / "build" / "lab"
 CHROMIUM = [shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")]
 CHROMEDRIVER = shutil.which("chromedriver")
 WIDGET_CALL = re.compile(r"\b(interact|show_widget)\(")
-RUN_SECONDS = 600  # all cells of one smoke notebook, from the browser
+RUN_SECONDS = 900  # all cells of one smoke notebook, from the browser (a minute or two on two free cores)
 REDRAW_SECONDS = 120  # a redraw of the heaviest widget (05's CRF) on two shared cores in smoke mode
 
 
@@ -102,7 +102,6 @@ class Lab:
             options.add_argument(arg)
         # An explicit driver path: selenium then never runs Selenium Manager, which would try to download one.
         self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        self.driver.set_script_timeout(RUN_SECONDS)
 
     def _wait_for_server(self, seconds: float = 120):
         url = f"http://127.0.0.1:{self.port}/api/status?token={self.token}"
@@ -158,15 +157,18 @@ class Lab:
             "const w = window.jupyterapp.shell.currentWidget;"
             "return !!(w && w.context && w.context.path.endsWith(arguments[0]) && w.sessionContext"
             " && w.sessionContext.session && w.sessionContext.session.kernel"
-            " && w.sessionContext.session.kernel.status === 'idle');", name), 180, f"{name}: no idle kernel")
+            " && w.sessionContext.session.kernel.status === 'idle');", name), 300, f"{name}: no idle kernel")
 
     def run_all(self) -> dict:
-        """Run every cell from the browser (JupyterLab's own command); return the notebook as nbformat JSON."""
-        ok = self.driver.execute_async_script(
-            "const done = arguments[arguments.length - 1];"
-            "window.jupyterapp.commands.execute('notebook:run-all-cells').then(done, e => done(String(e)));")
+        """Run every cell from the browser (JupyterLab's own command); return the notebook as nbformat JSON, with
+        `ran_all` True when the command completed. Polled in short calls: one long script call would outlast
+        the webdriver client's read timeout."""
+        self.js("window.__ran = undefined; window.jupyterapp.commands.execute('notebook:run-all-cells')"
+                ".then(ok => { window.__ran = ok; }, e => { window.__ran = String(e); });")
+        ran = self._until(lambda: self.js("return window.__ran === undefined ? null : [window.__ran];"),
+                          RUN_SECONDS, "run-all did not finish", poll=2)[0]
         model = self.js("return window.jupyterapp.shell.currentWidget.content.model.toJSON();")
-        model["ran_all"] = ok
+        model["ran_all"] = ran
         return model
 
     def _until(self, condition, seconds: float, message: str, poll: float = 0.5):
@@ -224,16 +226,33 @@ return {images: [...area.querySelectorAll('img')].map(i => i.src.length + ':' + 
 """
 
 
-def move_first_slider(lab: Lab, cell: int) -> None:
-    """Drag the first slider handle of cell `cell` to the right, as a lecturer would."""
-    from selenium.webdriver.common.action_chains import ActionChains
+def _first_handle(lab: Lab, cell: int):
     from selenium.webdriver.common.by import By
 
     node = lab.js("return window.jupyterapp.shell.currentWidget.content.node;")
-    handle = node.find_elements(By.CSS_SELECTOR, ".jp-Cell")[cell].find_element(By.CSS_SELECTOR,
-                                                                                ".widget-slider .noUi-handle")
+    return node.find_elements(By.CSS_SELECTOR, ".jp-Cell")[cell].find_element(By.CSS_SELECTOR,
+                                                                              ".widget-slider .noUi-handle")
+
+
+def move_first_slider(lab: Lab, cell: int, moved) -> bool:
+    """Drag the first slider handle of cell `cell` to the right, as a lecturer would; if `moved()` does not say
+    it moved, press the arrow key on it (noUiSlider's keyboard support). True once it moved."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    handle = _first_handle(lab, cell)
     lab.js("arguments[0].scrollIntoView({block: 'center'});", handle)
     ActionChains(lab.driver).click_and_hold(handle).move_by_offset(40, 0).release().perform()
+    for _ in range(20):
+        if moved():
+            return True
+        time.sleep(0.5)
+    handle.send_keys(Keys.ARROW_RIGHT * 3)
+    for _ in range(20):
+        if moved():
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def check_notebook(lab: Lab, name: str, redraw_seconds: float = REDRAW_SECONDS) -> list[str]:
@@ -266,20 +285,20 @@ def check_notebook(lab: Lab, name: str, redraw_seconds: float = REDRAW_SECONDS) 
         lab.screenshot(f"{stem}_ran")
         return problems + ["no slider to move"]
     cell = sliders[0]
-    lab.js("window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-Cell')[arguments[0]].scrollIntoView();", cell)
+    lab.js("arguments[0].scrollIntoView({block: 'center'});", _first_handle(lab, cell))
     lab.screenshot(f"{stem}_ran")
     before = lab.js(WIDGET_STATE, cell)
-    move_first_slider(lab, cell)
-    try:
-        lab._until(lambda: (after := lab.js(WIDGET_STATE, cell))["readouts"] != before["readouts"], 10,
-                   "the slider did not move")
-        lab._until(lambda: (now := lab.js(WIDGET_STATE, cell))["images"] and now["images"] != before["images"],
-                   redraw_seconds, f"cell {cell}: moving the slider did not redraw the output")
-    except AssertionError as e:
-        problems.append(str(e))
+    if not move_first_slider(lab, cell, lambda: lab.js(WIDGET_STATE, cell)["readouts"] != before["readouts"]):
+        problems.append(f"cell {cell}: the slider did not move (neither dragged nor by the arrow key)")
+    else:
+        try:
+            lab._until(lambda: (now := lab.js(WIDGET_STATE, cell))["images"] and now["images"] != before["images"],
+                       redraw_seconds, f"cell {cell}: moving the slider did not redraw the output")
+        except AssertionError as e:
+            problems.append(str(e))
     time.sleep(1)  # an error printed by the callback arrives with, or just after, its output
     problems += [f"after the slider: {e}" for e in lab.js(PAGE_ERRORS)]
-    lab.js("window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-Cell')[arguments[0]].scrollIntoView();", cell)
+    lab.js("arguments[0].scrollIntoView({block: 'start'});", _first_handle(lab, cell))
     lab.screenshot(f"{stem}_slider_moved")
     return problems
 
