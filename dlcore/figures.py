@@ -64,10 +64,9 @@ def checked_cells(path: Path) -> list[int]:
 
 def store_checked_outputs(executed: Path, notebook: Path) -> int:
     """Copy the outputs of the checked cells of an executed copy (cells matched by source: papermill adds a cell)
-    into the stored `notebook`, without execution counts; every other cell stays clean. Edits the JSON as stored
+    into the stored `notebook`, with their execution counts (nbval needs them); every other cell stays clean. Edits the JSON as stored
     (key order, indentation), so the diff shows only the outputs. Returns the number of cells updated."""
-    ran = {"".join(c["source"]): c.get("outputs", []) for c in json.loads(Path(executed).read_text())["cells"]
-           if is_checked(c)}
+    ran = {"".join(c["source"]): c for c in json.loads(Path(executed).read_text())["cells"] if is_checked(c)}
     nb = json.loads(Path(notebook).read_text())
     updated = 0
     for cell in nb["cells"]:
@@ -76,9 +75,10 @@ def store_checked_outputs(executed: Path, notebook: Path) -> int:
             if source not in ran:
                 raise ValueError(f"{executed} has no executed copy of this checked cell of {Path(notebook).name}; "
                                  f"run it again: {source[:80]!r}")
-            cell["outputs"] = _coalesce([{k: (None if k == "execution_count" else v) for k, v in o.items()}
-                                         for o in ran[source]])
-            cell["execution_count"] = None
+            # nbval skips a cell stored with outputs but no execution count ("unrun"), so a checked cell keeps its
+            # count from the run; every other cell stays without one.
+            cell["outputs"] = _coalesce(ran[source].get("outputs", []))
+            cell["execution_count"] = ran[source].get("execution_count")
             updated += 1
     tmp = Path(notebook).with_suffix(".ipynb.tmp")
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
