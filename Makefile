@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlcore-installed
 
-.PHONY: setup test figures figures-smoke lab clean
+.PHONY: setup test figures figures-smoke lab chromium clean
 
 # Installed once; again only when pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
@@ -26,6 +26,18 @@ figures-smoke: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Headless Chromium and its driver for tests/test_lab.py (the notebooks' widgets in a real JupyterLab). Debian's
+# packages; a no-op when both are there. Without them that test skips, saying so.
+chromium:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver: installed"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "no apt-get: install Chromium and chromedriver yourself, or tests/test_lab.py skips"; \
+	fi
 
 clean:
 	rm -rf build .pytest_cache

@@ -4,6 +4,7 @@ A notebook declares the figures it writes in its metadata, `metadata.dlcore.figu
 so that the runner and the tests can check that each was written.
 """
 
+import ast
 import json
 import os
 import time
@@ -42,6 +43,89 @@ def declared_figures(path: Path) -> list[str]:
     """The figure names a notebook says it writes (its metadata.dlcore.figures)."""
     meta = json.loads(Path(path).read_text())["metadata"]
     return list(meta.get("dlcore", {}).get("figures", []))
+
+
+# Cells whose output is exact and deterministic (the paper's tables, the metric worked by hand) start with this
+# line and keep their output in the stored notebook, so a reader sees the table without running anything;
+# `pytest --nbval-lax` (tests/test_nbval.py) fails when a re-run prints something else.
+CHECK_OUTPUT = "# NBVAL_CHECK_OUTPUT"
+
+
+def is_checked(cell) -> bool:
+    """True for a code cell marked `# NBVAL_CHECK_OUTPUT` on its first line."""
+    source = "".join(cell["source"])
+    return cell["cell_type"] == "code" and source.lstrip().startswith(CHECK_OUTPUT)
+
+
+def checked_cells(path: Path) -> list[int]:
+    """Indices of the cells of notebook `path` whose stored output nbval checks."""
+    return [i for i, c in enumerate(json.loads(Path(path).read_text())["cells"]) if is_checked(c)]
+
+
+def store_checked_outputs(executed: Path, notebook: Path) -> int:
+    """Copy the outputs of the checked cells of an executed copy (cells matched by source: papermill adds a cell)
+    into the stored `notebook`, with their execution counts (nbval needs them); every other cell stays clean. Edits the JSON as stored
+    (key order, indentation), so the diff shows only the outputs. Returns the number of cells updated."""
+    ran = {"".join(c["source"]): c for c in json.loads(Path(executed).read_text())["cells"] if is_checked(c)}
+    nb = json.loads(Path(notebook).read_text())
+    updated = 0
+    for cell in nb["cells"]:
+        if is_checked(cell):
+            source = "".join(cell["source"])
+            if source not in ran:
+                raise ValueError(f"{executed} has no executed copy of this checked cell of {Path(notebook).name}; "
+                                 f"run it again: {source[:80]!r}")
+            # nbval skips a cell stored with outputs but no execution count ("unrun"), so a checked cell keeps its
+            # count from the run; every other cell stays without one.
+            cell["outputs"] = _coalesce(ran[source].get("outputs", []))
+            cell["execution_count"] = ran[source].get("execution_count")
+            updated += 1
+    tmp = Path(notebook).with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(notebook)  # whole or not at all: the stored notebook is never left half written
+    return updated
+
+
+def _coalesce(outputs: list) -> list:
+    """Consecutive stream outputs of one name merged into one (the kernel flushes prints in arbitrary chunks)."""
+    merged = []
+    for o in outputs:
+        if merged and o.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+                and merged[-1]["name"] == o["name"]:
+            text = "".join(merged[-1]["text"]) + "".join(o["text"])
+            merged[-1] = {**merged[-1], "text": text.splitlines(keepends=True)}
+        else:
+            merged.append(o)
+    return merged
+
+
+def parameters(nb) -> dict:
+    """{name: value} of the notebook's cell tagged `parameters` (literals only, tests/test_notebooks.py checks)."""
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body}
+
+
+def smoke_copy(path: Path, out_dir: Path, fig_dir: Path, kernel: str = "python3") -> Path:
+    """`path` with smoke parameters injected (as papermill does, stored outputs kept) and its relative paths
+    ("../zoo") made absolute, written to `out_dir` so that it runs from there on the project's zoo and data and
+    writes its figures into `fig_dir`. The JupyterLab test and nbval run these copies."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    path = Path(path)
+    nb = load_notebook_node(str(path))
+    params = {"SMOKE": True, "DEVICE": "cpu", "FIG_DIR": str(Path(fig_dir).resolve())}
+    for name, value in parameters(nb).items():
+        if name not in params and isinstance(value, str) and value.startswith(".."):
+            params[name] = str((path.parent / value).resolve())
+    nb = parameterize_notebook(nb, params)
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    nb.nbformat_minor = max(nb.nbformat_minor, 5)  # the stored notebooks carry cell ids (nbformat 4.5)
+    out = Path(out_dir) / path.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
+    return out
 
 
 def kernel_name() -> str:

@@ -12,8 +12,31 @@ DPI = 100
 FIG_DIR_ENV = "DLCORE_FIG_DIR"
 
 
+# Slides: a figure is read on a 1280 x 720 projector, so no text in a saved figure is smaller than this.
+MIN_FONT_PT = 10
+
+
+def readable(fig, min_pt: float = MIN_FONT_PT):
+    """Raise every text of `fig` (titles, labels, ticks, legends, annotations) to at least `min_pt` points at the
+    saved size; returns `fig`. Called by `savefig`, so every figure a notebook saves meets the slide minimum."""
+    from matplotlib.text import Text
+
+    for ax in fig.axes:  # tick labels are made again at draw time from the axis' tick parameters: set those
+        for axis in (ax.xaxis, ax.yaxis):
+            for which in ("major", "minor"):
+                labels = axis.get_ticklabels(which=which)
+                if labels and min(t.get_fontsize() for t in labels) < min_pt:
+                    axis.set_tick_params(which=which, labelsize=min_pt)
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_fontsize() < min_pt:
+            text.set_fontsize(min_pt)
+    return fig
+
+
 def savefig(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
-    """Write `fig_dir/name.png` at a fixed dpi with no timestamp, so a regenerated figure changes only with its content."""
+    """Write `fig_dir/name.png` at a fixed dpi with no timestamp, so a regenerated figure changes only with its
+    content; every text at least `MIN_FONT_PT` (see `readable`)."""
+    readable(fig)
     # Agg + no "Software"/date metadata -> byte-identical output for identical content.
     return atomic_write(Path(fig_dir) / f"{name}.png",
                         lambda f: fig.savefig(f, dpi=DPI, metadata={"Software": None}, format="png"))
@@ -96,39 +119,59 @@ SCENE_COLOURS = np.array([
 ], dtype=np.uint8)
 
 
-def colour_labels(labels, ignore_index: int = 255) -> np.ndarray:
-    """uint8 [H,W,3] colouring of SyntheticScenes labels [H,W] with `SCENE_COLOURS`; void shows white."""
+def colour_labels(labels, ignore_index: int = 255, palette: np.ndarray = SCENE_COLOURS) -> np.ndarray:
+    """uint8 [H,W,3] colouring of labels [H,W] with `palette` (SyntheticScenes' `SCENE_COLOURS` by default; VOC's
+    `dlcore.data.palette.VOC_PALETTE` for VOC); void shows white."""
     labels = np.asarray(labels)
-    out = SCENE_COLOURS[np.where(labels == ignore_index, 0, labels).clip(0, len(SCENE_COLOURS) - 1)]
+    out = np.asarray(palette)[np.where(labels == ignore_index, 0, labels).clip(0, len(palette) - 1)].astype(np.uint8)
     out[labels == ignore_index] = 255
     return out
 
 
-def segmentation_grid(images, columns: dict, class_names, *, ground_truth=None, size: float = 2.2):
+def legend_columns(width_inches: float) -> int:
+    """How many legend entries fit side by side in a figure `width_inches` wide at `MIN_FONT_PT`."""
+    return max(2, int(width_inches // 1.9))
+
+
+def class_legend(fig, class_names, classes, palette: np.ndarray = SCENE_COLOURS, void: bool = True,
+                 ncol: int | None = None, y: float = 0.0):
+    """One legend for the figure, under it: a swatch and the name of each class in `classes` (and void)."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=np.asarray(palette)[c] / 255, edgecolor="0.5", label=class_names[c])
+               for c in sorted(classes)]
+    if void:
+        handles.append(Patch(facecolor="white", edgecolor="0.5", label="void"))
+    ncol = ncol or legend_columns(fig.get_figwidth())
+    return fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, y), ncol=min(len(handles), ncol),
+                      fontsize=MIN_FONT_PT, frameon=False)
+
+
+def segmentation_grid(images, columns: dict, class_names, *, ground_truth=None, size: float = 2.2,
+                      palette: np.ndarray = SCENE_COLOURS):
     """A figure with one row per image: image | ground truth | one label map per entry of `columns`
     ({title: labels [N,H,W]}), side by side, and one class legend for the classes shown."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     images = [np.asarray(im.permute(1, 2, 0) if hasattr(im, "permute") else im) for im in images]
     maps = ({"ground truth": ground_truth} if ground_truth is not None else {}) | columns
     n, k = len(images), 1 + len(maps)
-    fig, axes = plt.subplots(n, k, figsize=(size * k, size * n + 0.6), squeeze=False)
-    seen = set()
+    seen = {int(c) for labels in maps.values() for lab in labels[:n] for c in np.unique(np.asarray(lab)) if c != 255}
+    ncol = legend_columns(size * k)
+    legend_inches = 0.28 * -(-(len(seen) + 1) // ncol) + 0.1  # a row of the legend per ncol entries (void included)
+    height = size * n + 0.35 + legend_inches
+    fig, axes = plt.subplots(n, k, figsize=(size * k, height), squeeze=False)
     for r in range(n):
         axes[r, 0].imshow(images[r])
         for c, (title, labels) in enumerate(maps.items(), start=1):
             lab = np.asarray(labels[r])
-            seen |= set(np.unique(lab[lab != 255]).tolist())
-            axes[r, c].imshow(colour_labels(lab), interpolation="nearest")
+            axes[r, c].imshow(colour_labels(lab, palette=palette), interpolation="nearest")
             if r == 0:
-                axes[r, c].set_title(title, fontsize=10)
+                axes[r, c].set_title(title, fontsize=MIN_FONT_PT + 1)
         if r == 0:
-            axes[r, 0].set_title("image", fontsize=10)
+            axes[r, 0].set_title("image", fontsize=MIN_FONT_PT + 1)
     for ax in axes.flat:
         ax.set_xticks([]); ax.set_yticks([])
-    handles = [Patch(color=SCENE_COLOURS[i] / 255, label=class_names[i]) for i in sorted(seen)]
-    handles.append(Patch(facecolor="white", edgecolor="0.5", label="void"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
-    fig.tight_layout(rect=(0, 0.6 / (size * n + 0.6) + 0.02, 1, 1))
+    class_legend(fig, class_names, seen, palette, ncol=ncol)
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1), w_pad=0.3, h_pad=0.3)
     return fig

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dlcore.figures import NotebookFailed, declared_figures, notebooks, run_notebook
+from dlcore.figures import NotebookFailed, declared_figures, is_checked, notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
@@ -26,8 +26,15 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_stored_clean(path):
-    dirty = [i for i, c in enumerate(_cells(path)) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+    """Only the cells marked '# NBVAL_CHECK_OUTPUT' (exact, deterministic tables) keep output and execution counts
+    (nbval compares only cells stored as run); every other cell is stored clean."""
+    cells = _cells(path)
+    code = [(i, c) for i, c in enumerate(cells) if c["cell_type"] == "code"]
+    dirty = [i for i, c in code if not is_checked(c) and (c.get("outputs") or c.get("execution_count"))]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    empty = [i for i, c in code if is_checked(c) and not c.get("outputs")]
+    assert not empty, (f"{path.name}: checked cells {empty} hold no stored output for nbval to compare; "
+                       f"run `python -m dlcore figures --smoke --only {path.name[:2]} --store-checked`")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
