@@ -17,6 +17,16 @@ H, W, L, T = 5, 6, 3, 3  # gradcheck size: 30 pixels, 3 labels, 3 iterations
 SMALL = dict(sigma_alpha=3.0, sigma_beta=60.0, sigma_gamma=1.5)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread whatever other test modules set at import (test_predict sets 2): the many tiny sparse products
+    of gradcheck stall with two threads when another process holds a core (measured: minutes instead of seconds)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def photo(h: int, w: int) -> np.ndarray:
     with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
         return np.array(im.convert("RGB").resize((w, h), Image.BILINEAR))
