@@ -212,7 +212,7 @@ def _timed(fn) -> float:
 def traffic_per_iteration(image, probs, settings) -> dict:
     """Bytes one mean-field iteration reads and writes at the least, from the fused filter's sizes (an estimate).
 
-    Each nonzero of splat, blur and slice reads its index and weight (8 bytes) and one row of C floats; each
+    Each entry of splat, blur and slice reads its index and weight (12 bytes) and one row of C floats; each
     product writes its output once; the softmax reads the message and the unary and writes Q. Cache reuse of
     the gathered rows is ignored in the upper count and assumed perfect in the lower one.
     """
@@ -225,11 +225,11 @@ def traffic_per_iteration(image, probs, settings) -> dict:
     appearance, smoothness, _ = crf_features(images, s["sigma_alpha"], s["sigma_beta"], s["sigma_gamma"])
     pairwise = pairwise_filter([PermutohedralLattice(appearance), PermutohedralLattice(smoothness)],
                                [s["w1"], s["w2"]], "symmetric")
-    splat, blurs, slice_ = pairwise.matrices()
+    (points, _, _), blurs, (corners, _) = pairwise.bags()
     n, c, m = pairwise.num_points, probs.shape[0], pairwise.num_vertices
     row = 4 * c
-    products = [(splat._nnz(), splat.shape[0]), *[(b._nnz(), b.shape[0]) for b in blurs], (slice_._nnz(), n)]
-    index_bytes = sum(8 * nnz for nnz, _ in products)
+    products = [(points.numel(), m + 1), *[(index.numel(), m + 1) for index, _ in blurs], (corners.numel(), n)]
+    index_bytes = sum(12 * nnz for nnz, _ in products) + 8 * (m + 1)  # int64 index + float32 weight; splat offsets
     writes = sum(rows * row for _, rows in products)
     gathers = sum(nnz * row for nnz, _ in products)
     streamed = index_bytes + writes + 3 * n * row  # + softmax: message, unary in; Q out

@@ -23,8 +23,8 @@ import torch
 
 from crf import SETTINGS, pydensecrf_run  # benchmarks/crf.py: the reference call and the LargeFOV settings
 from crf_voc import coarse_probs
-from dlcore.crf import DenseCRF, crf_features, dense_crf
-from dlcore.crf.lattice import PermutohedralLattice
+from dlcore.crf import crf_features, dense_crf
+from dlcore.crf.lattice import FusedFilter, PermutohedralLattice
 from dlcore.crf.meanfield import PROB_FLOOR, mean_field, pairwise_filter
 from dlcore.data import read_image
 from dlcore.data.palette import VOC_PALETTE, read_label_png
@@ -65,11 +65,13 @@ def pairs(root: Path = PEER, sets=SETS):
                 yield folder, image_path.stem, read_image(image_path).permute(1, 2, 0).numpy(), labels
 
 
-def float64_mean_field(image: np.ndarray, probs: np.ndarray, settings=SETTINGS) -> np.ndarray:
-    """The same mean-field with the lattice's weights, scales and sums in float64 (the vertices as built).
+def float64_mean_field(image: np.ndarray, probs: np.ndarray, settings=SETTINGS, weights64: bool = True) -> np.ndarray:
+    """The same mean-field with the lattice's scales and sums in float64 (the vertices as built), and with
+    `weights64` the barycentric weights too, recomputed from float64 features.
 
     The lattice structure (simplex, vertex ids, neighbours) comes from the float32 build that pydensecrf also
-    uses; only the arithmetic on it is widened, so the result is what both would give with exact sums.
+    uses; only the arithmetic on it is widened. Without `weights64` the float32 weights stay: the distance to
+    that run is the accumulation order's share, the distance between the two runs the float32 weights' share.
     """
     s = settings
     images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
@@ -81,7 +83,7 @@ def float64_mean_field(image: np.ndarray, probs: np.ndarray, settings=SETTINGS) 
     rgb = torch.from_numpy(np.ascontiguousarray(image).reshape(-1, 3)).double()
     exact = [torch.cat([xy / s["sigma_alpha"], rgb / s["sigma_beta"]], 1), xy / s["sigma_gamma"]]
     for lattice, features32, features64 in zip(lattices, (appearance, smoothness), exact):
-        lattice.barycentric = _barycentric64(features32, features64)
+        lattice.barycentric = _barycentric64(features32, features64) if weights64 else lattice.barycentric.double()
     pairwise = _Float64Filter(lattices, [s["w1"], s["w2"]])
     num_labels = probs.shape[0]
     q = torch.from_numpy(probs).double().permute(1, 2, 0).reshape(-1, num_labels)
@@ -116,6 +118,27 @@ class _Float64Filter:
         return sum(w * s[:, None] * lat.filter(s[:, None] * q) for lat, w, s in zip(self.lattices, self.weights, self.scales))
 
 
+def padded_mean_field(image: np.ndarray, probs: np.ndarray, settings=SETTINGS, block: int = 4) -> np.ndarray:
+    """dlcore's mean-field on the lattice pydensecrf's SSE build makes: N padded to a multiple of 4 with zero
+    feature vectors, whose vertices join the lattice without values (permutohedral.cpp, init, the last block)."""
+    s = settings
+    images = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    appearance, smoothness, _ = crf_features(images, s["sigma_alpha"], s["sigma_beta"], s["sigma_gamma"])
+    n = appearance.shape[0]
+    pad = (-n) % block
+    real = torch.cat([torch.ones(n), torch.zeros(pad)])
+    lattices, pre, post = [], [], []
+    for features, w in ((appearance, s["w1"]), (smoothness, s["w2"])):
+        lattice = PermutohedralLattice(torch.cat([features, features.new_zeros(pad, features.shape[1])]))
+        scale = real / torch.sqrt(lattice.filter(real[:, None])[:, 0] + 1e-20)
+        lattices.append(lattice), pre.append(scale), post.append(w * scale)
+    num_labels = probs.shape[0]
+    q = torch.from_numpy(probs).float().permute(1, 2, 0).reshape(-1, num_labels)
+    unary = torch.cat([-torch.log(q.clamp_min(PROB_FLOOR)), torch.zeros(pad, num_labels)])
+    out = mean_field(unary, FusedFilter(lattices, pre, post), s["iterations"])[:n]
+    return out.view(*probs.shape[1:], num_labels).permute(2, 0, 1).numpy()
+
+
 def compare_one(image: np.ndarray, labels: np.ndarray, bound: float, with_float64: bool = True) -> dict:
     """Agreement and max |dQ| of dlcore against pydensecrf2 on one photograph; float64 distances past `bound`."""
     probs = coarse_probs(labels)
@@ -124,9 +147,12 @@ def compare_one(image: np.ndarray, labels: np.ndarray, bound: float, with_float6
     row = {"pixels": labels.size, "agree": float((ours.argmax(0) == ref.argmax(0)).mean()),
            "max_dq": float(np.abs(ours - ref).max())}
     if with_float64 and row["max_dq"] > bound:
-        exact = float64_mean_field(image, probs)
+        exact, sums = float64_mean_field(image, probs), float64_mean_field(image, probs, weights64=False)
         row["dlcore_vs_f64"] = float(np.abs(ours - exact).max())
         row["pydensecrf_vs_f64"] = float(np.abs(ref - exact).max())
+        row["dlcore_vs_f64_sums"] = float(np.abs(ours - sums).max())
+        row["pydensecrf_vs_f64_sums"] = float(np.abs(ref - sums).max())
+        row["padded_vs_pydensecrf"] = float(np.abs(padded_mean_field(image, probs) - ref).max())
     return row
 
 
@@ -136,6 +162,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--bound", type=float, default=1e-3, help="the CRF issue's parity bound on max |dQ|")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photographs of each folder")
+    parser.add_argument("--names", nargs="+", default=None, help="only these photographs (file stems)")
     args = parser.parse_args()
     if not args.root.is_dir():
         raise SystemExit(f"{args.root} not found: the VOC samples live beside the checkout, in shared/peer")
@@ -143,11 +170,14 @@ def main() -> None:
     rows, seen = [], {}
     for folder, name, image, labels in pairs(args.root, args.sets):
         seen[folder] = seen.get(folder, 0) + 1
-        if args.limit and seen[folder] > args.limit:
+        if (args.limit and seen[folder] > args.limit) or (args.names and name not in args.names):
             continue
         row = {"set": folder, "name": name, **compare_one(image, labels, args.bound)}
         rows.append(row)
-        extra = (f"  float64: dlcore {row['dlcore_vs_f64']:.1e}, pydensecrf2 {row['pydensecrf_vs_f64']:.1e}"
+        extra = (f"\n    to float64 sums (float32 weights): dlcore {row['dlcore_vs_f64_sums']:.1e}, pydensecrf2 "
+                 f"{row['pydensecrf_vs_f64_sums']:.1e}; to float64 weights and sums: dlcore {row['dlcore_vs_f64']:.1e}, "
+                 f"pydensecrf2 {row['pydensecrf_vs_f64']:.1e}\n    "
+                 f"dlcore on pydensecrf's padded lattice to pydensecrf2 {row['padded_vs_pydensecrf']:.1e}"
                  if "dlcore_vs_f64" in row else "")
         print(f"{folder:<22}{name:<14}{100 * row['agree']:8.3f}%  max|dQ| {row['max_dq']:.1e}{extra}", flush=True)
     for folder in args.sets:
@@ -158,8 +188,8 @@ def main() -> None:
     over = [r for r in rows if r["max_dq"] > args.bound]
     print(f"all: {len(rows)} photographs; max |dQ| > {args.bound:g} on {len(over)}")
     for r in over:
-        closer = "dlcore" if r["dlcore_vs_f64"] < r["pydensecrf_vs_f64"] else "pydensecrf2"
-        print(f"  {r['set']}/{r['name']}: {closer} is closer to float64")
+        closer = "dlcore" if r["dlcore_vs_f64_sums"] < r["pydensecrf_vs_f64_sums"] else "pydensecrf2"
+        print(f"  {r['set']}/{r['name']}: {closer} is closer to the float64 run of the same lattice")
 
 
 if __name__ == "__main__":
