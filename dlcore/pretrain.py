@@ -6,7 +6,7 @@ image-level labels only, with no spatial supervision: the nets here are classifi
 
 - `VGGClassifier`: VGG-16 (batch norm, stride 32) then fc6 (a fully connected layer on the 7 x 7 pool5 of a
   224 x 224 image), fc7 and fc8, as VGG-16 itself. FCN convolutionalizes fc6/fc7 (`dlcore.zoo`), DeepLab v1
-  subsamples them to 4x4 / 3x3 (`dlcore.backbones.subsample_fc`), exactly as the papers treat ImageNet's.
+  subsamples them to 4x4 / 3x3 (`dlcore.heads.subsample_fc`), exactly as the papers treat ImageNet's.
 - `ResNetClassifier`: ResNet-101 at output stride 32, global average pooling, one fc layer.
 
 The task (`SceneLabels`): which of the 11 classes cover at least `MIN_FRACTION` of a 224 x 224 scene,

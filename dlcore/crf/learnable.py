@@ -68,6 +68,7 @@ from torch.autograd.function import once_differentiable
 
 # dlcore.crf's __init__ imports this module last, so its helpers are defined by the time this line runs
 from dlcore.crf import _check_params, _position_lattice, crf_features
+from dlcore.crf.defaults import DEFAULTS
 from dlcore.crf.exact import exact_gaussian_filter
 from dlcore.crf.lattice import FusedFilter, PermutohedralLattice, _csr, check_lattice_fits
 from dlcore.crf.meanfield import kernel_scales
@@ -232,8 +233,9 @@ class LearnableCRF(nn.Module):
     docstring gives the memory). filter: "lattice" (permutohedral, any size) or "exact" (O(N^2) reference).
     """
 
-    def __init__(self, num_labels: int, iterations: int = 5, *, w1: float = 4.0, sigma_alpha: float = 121.0,
-                 sigma_beta: float = 5.0, w2: float = 3.0, sigma_gamma: float = 3.0, compatibility=None,
+    def __init__(self, num_labels: int, iterations: int = 5, *, w1: float = DEFAULTS["w1"],
+                 sigma_alpha: float = DEFAULTS["sigma_alpha"], sigma_beta: float = DEFAULTS["sigma_beta"],
+                 w2: float = DEFAULTS["w2"], sigma_gamma: float = DEFAULTS["sigma_gamma"], compatibility=None,
                  backprop_iterations: int | None = None, filter: str = "lattice", max_memory_bytes: int | None = None):
         super().__init__()
         if not isinstance(num_labels, numbers.Integral) or isinstance(num_labels, bool) or num_labels < 2:
