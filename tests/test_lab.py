@@ -75,6 +75,14 @@ def _settings(folder: Path) -> None:
         target.write_text(json.dumps(values))
 
 
+# A dialog (which kernel? save changes?) would block the page: accept it, and go on waiting (returns false).
+ACCEPT_DIALOG = """
+const button = document.querySelector('.jp-Dialog .jp-Dialog-button.jp-mod-accept');
+if (button) { button.click(); }
+return false;
+"""
+
+
 class Lab:
     """A JupyterLab server on `root` and a headless Chromium pointed at it."""
 
@@ -150,10 +158,12 @@ class Lab:
             self.driver.get(f"http://127.0.0.1:{self.port}/lab?reset&token={self.token}")
             self._until(lambda: self.js("return !!(window.jupyterapp && window.jupyterapp.shell);"), 120,
                         "JupyterLab did not load")
-            self._until(lambda: self.js("return window.jupyterapp.commands.hasCommand('docmanager:open');"), 120,
-                        "JupyterLab did not finish starting")
+            # the kernel specs must be known before a notebook opens, or JupyterLab asks which kernel to use
+            self._until(lambda: self.js("const s = window.jupyterapp.serviceManager.kernelspecs.specs;"
+                                        "return !!(s && s.kernelspecs && s.kernelspecs.python3);"), 120,
+                        "JupyterLab did not finish starting (no python3 kernel spec)")
         self.js("window.jupyterapp.commands.execute('docmanager:open', {path: arguments[0]});", name)
-        self._until(lambda: self.js(
+        self._until(lambda: self.js(ACCEPT_DIALOG) or self.js(
             "const w = window.jupyterapp.shell.currentWidget;"
             "return !!(w && w.context && w.context.path.endsWith(arguments[0]) && w.sessionContext"
             " && w.sessionContext.session && w.sessionContext.session.kernel"
@@ -285,7 +295,7 @@ def check_notebook(lab: Lab, name: str, redraw_seconds: float = REDRAW_SECONDS) 
         lab.screenshot(f"{stem}_ran")
         return problems + ["no slider to move"]
     cell = sliders[0]
-    lab.js("arguments[0].scrollIntoView({block: 'center'});", _first_handle(lab, cell))
+    lab.js("arguments[0].scrollIntoView({block: 'start', inline: 'nearest'});", _first_handle(lab, cell))
     lab.screenshot(f"{stem}_ran")
     before = lab.js(WIDGET_STATE, cell)
     if not move_first_slider(lab, cell, lambda: lab.js(WIDGET_STATE, cell)["readouts"] != before["readouts"]):
@@ -298,7 +308,7 @@ def check_notebook(lab: Lab, name: str, redraw_seconds: float = REDRAW_SECONDS) 
             problems.append(str(e))
     time.sleep(1)  # an error printed by the callback arrives with, or just after, its output
     problems += [f"after the slider: {e}" for e in lab.js(PAGE_ERRORS)]
-    lab.js("arguments[0].scrollIntoView({block: 'start'});", _first_handle(lab, cell))
+    lab.js("arguments[0].scrollIntoView({block: 'start', inline: 'nearest'});", _first_handle(lab, cell))
     lab.screenshot(f"{stem}_slider_moved")
     return problems
 
