@@ -162,10 +162,15 @@ class Lab:
             self._until(lambda: self.js("const s = window.jupyterapp.serviceManager.kernelspecs.specs;"
                                         "return !!(s && s.kernelspecs && s.kernelspecs.python3);"), 120,
                         "JupyterLab did not finish starting (no python3 kernel spec)")
+            # and the restored layout (a launcher) must be in place, or it would come up over the notebook
+            self.js("window.__restored = false; window.jupyterapp.restored.then(() => { window.__restored = true; });")
+            self._until(lambda: self.js("return window.__restored;"), 120, "JupyterLab did not restore its layout")
         self.js("window.jupyterapp.commands.execute('docmanager:open', {path: arguments[0]});", name)
         self._until(lambda: self.js(ACCEPT_DIALOG) or self.js(
-            "const w = window.jupyterapp.shell.currentWidget;"
-            "return !!(w && w.context && w.context.path.endsWith(arguments[0]) && w.sessionContext"
+            "const app = window.jupyterapp;"
+            "const w = [...app.shell.widgets('main')].find(w => w.context && w.context.path.endsWith(arguments[0]));"
+            "if (w && app.shell.currentWidget !== w) { app.shell.activateById(w.id); }"
+            "return !!(w && w.sessionContext"
             " && w.sessionContext.session && w.sessionContext.session.kernel"
             " && w.sessionContext.session.kernel.status === 'idle');", name), 300, f"{name}: no idle kernel")
 
