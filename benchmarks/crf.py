@@ -133,7 +133,7 @@ def bench_phases(args) -> None:
         "appearance lattice": lambda: PermutohedralLattice(appearance, group),
         "smoothness lattice (cached by DenseCRF)": lambda: PermutohedralLattice(smoothness, group),
         "normalisation + fused arrays": fused,
-        "mean-field, sparse products": lambda: mean_field(unary, pairwise, s["iterations"]),
+        "mean-field, embedding-bag products": lambda: mean_field(unary, pairwise, s["iterations"]),
     }
     if crf_cuda.available(device):
         phases["mean-field, Triton kernels"] = lambda: crf_cuda.mean_field(unary, pairwise, s["iterations"])
