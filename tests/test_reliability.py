@@ -584,7 +584,7 @@ def test_train_and_eval_name_n_train_and_n_val(run_dir, capsys):
     assert "--n-train / --n-val" in one_line(capsys, "eval")
 
 
-# ---- the engine and the CLI (dlcore/engine.py, checkpoint.py, figures.py: helper A's refactor) ---------------------
+# ---- the CLI (dlcore/cli/eval.py, checkpoint.py, cli/figures.py) ------------------------------------------------
 
 def test_eval_refuses_size_0(run_dir, capsys):
     assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--n-val", "1", "--size", "0",
