@@ -25,7 +25,7 @@ from crf import SETTINGS, pydensecrf_run  # benchmarks/crf.py: the reference cal
 from crf_voc import coarse_probs
 from dlcore.crf import crf_features, dense_crf
 from dlcore.crf.lattice import FusedFilter, PermutohedralLattice
-from dlcore.crf.meanfield import PROB_FLOOR, mean_field, pairwise_filter
+from dlcore.crf.meanfield import PROB_FLOOR, mean_field
 from dlcore.data import read_image
 from dlcore.data.palette import VOC_PALETTE, read_label_png
 

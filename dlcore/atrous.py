@@ -13,7 +13,9 @@ per output position. This module keeps each of those statements as a small funct
 from __future__ import annotations
 
 import copy
+import math
 import numbers
+from collections import OrderedDict
 from typing import Iterable, NamedTuple
 
 import numpy as np
@@ -96,12 +98,6 @@ def upsample_filter(weight: torch.Tensor, rate: int) -> torch.Tensor:
 _POINTWISE = (nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.BatchNorm2d, nn.Sigmoid, nn.Tanh)
 
 
-def _flatten(net: nn.Module) -> list[nn.Module]:
-    if isinstance(net, nn.Sequential):
-        return [leaf for child in net for leaf in _flatten(child)]
-    return [net]
-
-
 def _scalar(value, name: str, layer: nn.Module) -> int:
     pair = _pair(value, name)
     if pair[0] != pair[1]:
@@ -109,13 +105,16 @@ def _scalar(value, name: str, layer: nn.Module) -> int:
     return pair[0]
 
 
-def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = True) -> nn.Sequential:
+def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = True,
+               block_rate: bool = False) -> nn.Sequential:
     """The hole algorithm (DeepLab v1, Sec. 3.1): the same network, evaluated at every input position.
 
     Walking the layers in order, a layer with stride s gets stride 1, and every *later* layer gets its
     dilation (and padding, so that "same" padding stays "same") multiplied by s; a max-pool after it becomes
     a dilated max-pool. The weights are shared with `net`, not copied: it is one set of parameters, two
-    ways of sliding it. Accepts an nn.Sequential (nested ones too) of Conv2d, MaxPool2d and pointwise layers.
+    ways of sliding it. Accepts an nn.Sequential (nested ones too, and torchvision's residual blocks) of
+    Conv2d, MaxPool2d and pointwise layers; the result has the same structure and module names, so a state
+    dict of `net` loads into it.
 
     `output_stride` (DeepLab v2, Sec. 3.1): the first strides are kept while their product stays within
     output_stride, only the later ones become rates; DeepLab v1 is VGG-16 at output_stride=8.
@@ -124,44 +123,111 @@ def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = T
     is removed keeps its own window and padding at stride 1 instead of becoming a dilated pool; the rates of
     the convolutions are unchanged. Pooling is not linear, so this is a (small) change of the function:
     notebook 02's equality with shift-and-stitch holds for the default, the hole algorithm proper.
+
+    Residual blocks (torchvision's Bottleneck and BasicBlock; ResNet-101 in DeepLab v2): the main path and
+    the shortcut are walked from the same rate, and both must subsample alike. `block_rate=True` runs a
+    block whose stride is removed at the new rate throughout, the way DeepLab v2's released ResNet-101 does:
+    there the stride sits on the block's first 1x1 convolution, so the hole algorithm proper gives exactly
+    that; torchvision's blocks stride the 3x3 instead, which the hole algorithm proper leaves at the old rate.
     """
     if isinstance(output_stride, bool) or not isinstance(output_stride, numbers.Integral) or output_stride < 1:
         raise ValueError(f"output_stride must be an integer >= 1 (1 = fully dense), got {output_stride!r}")
-    if not isinstance(dilate_pools, bool):
-        raise ValueError(f"dilate_pools must be True or False, got {dilate_pools!r}")
-    layers, rate, kept = [], 1, 1
-    for layer in _flatten(net):
-        if isinstance(layer, _POINTWISE):
-            layers.append(layer)
-            continue
-        if not isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-            raise ValueError(f"make_dense handles Conv2d, MaxPool2d and pointwise layers; {type(layer).__name__} "
-                             f"has no dilation to scale (replace it, e.g. AvgPool2d by a depthwise Conv2d)")
-        stride = _scalar(layer.stride, "stride", layer)
-        keep = kept * stride <= output_stride  # this subsampling still fits in output_stride
-        kept *= stride if keep else 1
-        if isinstance(layer, nn.MaxPool2d) and not dilate_pools:
-            layers.append(copy.copy(layer))  # the same window and padding, only the stride changed
-            layers[-1].stride = stride if keep else 1
+    for name, flag in (("dilate_pools", dilate_pools), ("block_rate", block_rate)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(net, nn.Sequential):
+        raise ValueError(f"make_dense takes an nn.Sequential, got {type(net).__name__} (wrap its layers in order: "
+                         f"nn.Sequential(net.conv1, net.bn1, ...))")
+    return _HoleWalk(output_stride, dilate_pools, block_rate).module(net)
+
+
+class _HoleWalk:
+    """One pass of the hole algorithm over a network: `rate` is the dilation the next layer gets, `kept` the
+    product of the strides kept so far."""
+
+    def __init__(self, output_stride: int, dilate_pools: bool, block_rate: bool):
+        self.output_stride, self.dilate_pools, self.block_rate = output_stride, dilate_pools, block_rate
+        self.rate, self.kept = 1, 1
+
+    def module(self, m: nn.Module) -> nn.Module:
+        if isinstance(m, nn.Sequential):
+            return nn.Sequential(OrderedDict((name, self.module(child)) for name, child in m.named_children()))
+        if isinstance(m, _POINTWISE):
+            return m
+        if _residual_paths(m) is not None:
+            return self.block(m)
+        if not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            raise ValueError(f"make_dense handles Conv2d, MaxPool2d, pointwise layers and residual blocks; "
+                             f"{type(m).__name__} has no dilation to scale (replace it, e.g. AvgPool2d by a "
+                             f"depthwise Conv2d)")
+        stride = _scalar(m.stride, "stride", m)
+        keep = self.kept * stride <= self.output_stride  # this subsampling still fits in output_stride
+        self.kept *= stride if keep else 1
+        if isinstance(m, nn.MaxPool2d) and not self.dilate_pools:
+            dense = copy.copy(m)  # the same window and padding, only the stride changed
+            dense.stride = stride if keep else 1
         else:
-            layers.extend(_dilated(layer, rate, stride if keep else 1))
-        rate *= 1 if keep else stride
-    return nn.Sequential(*layers)
+            dense = _dilated(m, self.rate, stride if keep else 1)
+        self.rate *= 1 if keep else stride
+        return dense
+
+    def block(self, block: nn.Module) -> nn.Module:
+        main, shortcut = _residual_paths(block)
+        stride = math.prod(_scalar(m.stride, "stride", m) for m in main if not isinstance(m, _POINTWISE))
+        start, dense = (self.rate, self.kept), copy.copy(block)
+        dense._modules = OrderedDict(block._modules)  # a copy of the block; its layers are replaced below
+        if self.block_rate and self.kept * stride > self.output_stride:  # the whole block at the new rate
+            self.rate *= stride
+            for name in _layer_names(block):
+                layer = getattr(block, name)
+                setattr(dense, name, layer if isinstance(layer, _POINTWISE) else _dilated(layer, self.rate, 1))
+            if block.downsample is not None:
+                dense.downsample = nn.Sequential(*(m if isinstance(m, _POINTWISE) else _dilated(m, self.rate, 1)
+                                                   for m in block.downsample))
+            return dense
+        for name in _layer_names(block):
+            setattr(dense, name, self.module(getattr(block, name)))
+        end, (self.rate, self.kept) = (self.rate, self.kept), start
+        if block.downsample is not None:
+            dense.downsample = self.module(block.downsample)
+        if (self.rate, self.kept) != end:
+            raise ValueError(f"{type(block).__name__}: its shortcut subsamples differently from its main path")
+        return dense
 
 
-def _dilated(layer: nn.Module, rate: int, stride: int) -> list[nn.Module]:
+def _layer_names(block: nn.Module) -> list[str]:
+    """The main path of torchvision's Bottleneck / BasicBlock, in the order its forward applies it."""
+    return [name for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3") if hasattr(block, name)]
+
+
+def _residual_paths(m: nn.Module):
+    """(main path layers in order, shortcut) of a torchvision residual block, or None for any other module."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    if not isinstance(m, (BasicBlock, Bottleneck)):
+        return None
+    return [getattr(m, name) for name in _layer_names(m)], m.downsample
+
+
+def _dilated(layer: nn.Module, rate: int, stride: int) -> nn.Module:
     """`layer` with its dilation and padding times `rate` and the given stride (same weights)."""
     dense = copy.copy(layer)  # shallow: Conv2d keeps the very same weight and bias Parameters
     if isinstance(layer, nn.Conv2d):
-        dense.dilation = (layer.dilation[0] * rate, layer.dilation[1] * rate)
-        dense.padding = tuple(p * rate for p in _pair(layer.padding, "padding"))
+        if layer.kernel_size != (1, 1):  # a 1x1 kernel has no taps to spread: its dilation stays 1
+            dense.dilation = (layer.dilation[0] * rate, layer.dilation[1] * rate)
+            dense.padding = tuple(p * rate for p in _pair(layer.padding, "padding"))
         dense.stride = (stride, stride)
-        return [dense]
+        return dense
+    dense.stride = stride
+    if rate == 1:
+        return dense
     dense.dilation = _scalar(layer.dilation, "dilation", layer) * rate
-    dense.stride, dense.padding = stride, 0
     pad = _scalar(layer.padding, "padding", layer) * rate
+    if not pad:
+        return dense
     # Max-pool pads with -inf; torch caps implicit padding at half the kernel, so pad explicitly.
-    return [nn.ConstantPad2d(pad, float("-inf")), dense] if pad else [dense]
+    dense.padding = 0
+    return nn.Sequential(nn.ConstantPad2d(pad, float("-inf")), dense)
 
 
 def _total_stride(net: nn.Module) -> int:
@@ -298,8 +364,9 @@ def tap_positions(center: tuple[int, int], rate: int, kernel_size: int = 3) -> n
 
 def valid_tap_fraction(rate: int, n: int, kernel_size: int = 3) -> float:
     """Share of the (position, tap) pairs of a k x k filter at `rate` on an n x n map whose tap lands inside the
-    map rather than in its zero padding: the part of a large field of view a small map cannot use (v2 Sec. 3.2,
-    "the number of valid filter weights ... gets smaller" as the rate approaches the map size)."""
+    map rather than in its zero padding: the part of a large field of view a small map cannot use. DeepLab v3
+    (Chen et al. 2017, "Rethinking Atrous Convolution", Sec. 3.3 and Fig. 4) measured it: as the rate nears the
+    map size, fewer of a 3x3 filter's weights land on the map, until only the centre one does."""
     rate = _check_rate(rate)
     offsets = rate * (np.arange(kernel_size) - (kernel_size - 1) / 2)  # Caffe's even kernels: pad (k-1)*rate/2
     per_axis = np.clip(n - np.abs(offsets), 0, None).sum() / (kernel_size * n)

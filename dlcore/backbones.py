@@ -7,7 +7,7 @@ torchvision ImageNet state dict loads into them at width 1.0 (`dlcore.imagenet.l
 - FCN (Long et al. 2015, Sec. 3.1): VGG-16 as published, output stride 32.
 - DeepLab v1 (Chen et al. 2015, Sec. 3.1): 3x3 max-pools with padding 1 (as in the released Caffe model),
   pool4 and pool5 at stride 1, conv5 dilated by 2: output stride 8 (the "hole" algorithm).
-- DeepLab v2 (Chen et al. 2017, Sec. 3.1 and 4.2): ResNet-101 with layer3 at rate 2 and layer4 at rate 4
+- DeepLab v2 (Chen et al. 2017, Sec. 3.1 and 4.1): ResNet-101 with layer3 at rate 2 and layer4 at rate 4
   (output stride 8) or layer4 at rate 2 (output stride 16); optionally frozen batch norm, as the paper trains.
 
 `width` multiplies every channel count (0.0625 to 0.25 for CPU teaching runs); the ImageNet weights only
@@ -17,6 +17,7 @@ fit at width 1.0.
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -128,10 +129,12 @@ class VGG16(nn.Module):
 class ResNet101(nn.Module):
     """ResNet-101 (torchvision's definition and names: conv1, bn1, layer1..layer4) with atrous convolution.
 
-    DeepLab v2 (Sec. 3.1, 4.2): output_stride 8 = layer3 at rate 2 and layer4 at rate 4; 16 = layer4 at rate 2.
-    torchvision's `replace_stride_with_dilation` removes the strides; its first block of a dilated stage
-    keeps the previous rate, while DeepLab's Caffe model (and kazuto1011's port) runs the whole stage at the
-    new rate, block 0 included: we set that (same weights, so the OS-8 and OS-16 state dicts are the same).
+    DeepLab v2 (Sec. 3.1, 4.1): output_stride 8 = layer3 at rate 2 and layer4 at rate 4; 16 = layer4 at rate 2.
+    The strides become rates by the hole algorithm itself (`dlcore.atrous.make_dense(..., block_rate=True)`):
+    DeepLab's Caffe model (and kazuto1011's port) runs a stage's first block at the stage's new rate too, which
+    is what the hole algorithm gives where the block strides its 1x1 conv (`caffe=True`); torchvision's blocks
+    stride the 3x3, so `block_rate` says to keep DeepLab's rates there (same weights either way, so the OS-8
+    and OS-16 state dicts are the same).
 
     `freeze_bn=True` is the paper's training: batch norm uses the ImageNet statistics and its affine
     parameters stay fixed (Caffe `use_global_stats`), as batches of a few 321 x 321 crops cannot estimate them.
@@ -148,25 +151,22 @@ class ResNet101(nn.Module):
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8 or 16 for ResNet-101 (DeepLab v2; 32 = the ImageNet "
                              f"classifier), got {output_stride!r}")
-        dilate = [False, output_stride == 8, output_stride < 32]  # layer2, layer3, layer4
-        with torch.device("meta"):
-            net = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=dilate)
-        _rebuild(net, width, _init_like_torchvision)
-        for stage in (net.layer3, net.layer4):  # block 0 at the stage's rate too (DeepLab's Caffe model)
-            rate = stage[1].conv2.dilation
-            if rate == (1, 1):
-                continue
-            stage[0].conv2.dilation, stage[0].conv2.padding = rate, rate
         if not isinstance(caffe, bool):
             raise ValueError(f"caffe must be True or False, got {caffe!r}")
+        with torch.device("meta"):
+            net = torchvision.models.resnet101(weights=None)
+        _rebuild(net, width, _init_like_torchvision)
         if caffe:
             net.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)  # Caffe rounds pooled sizes up
             for stage in (net.layer2, net.layer3, net.layer4):
                 block = stage[0]
                 block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
+        names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        trunk = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in names))
+        trunk = make_dense(trunk, output_stride=output_stride, block_rate=True)  # the ImageNet classifier is dropped
         self.caffe = caffe
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, getattr(net, name))  # avgpool and fc (the ImageNet classifier) are dropped
+        for name in names:
+            setattr(self, name, getattr(trunk, name))
         self.width = width
         self.output_stride = output_stride
         self.out_channels = scaled(2048, width)

@@ -3,7 +3,7 @@
 Every head keeps the papers' layer names (fc6, fc7, fc8, score_fr, score_pool4, upscore2, ...), declares its
 10x-learning-rate class-score layers in `classifier_parameters()` and, where VGG-16's ImageNet classifier
 initialises it, its fc6/fc7 in `imagenet_fc_layers()` (read by `dlcore.imagenet.load_torchvision_weights`).
-Convolutionalization (FCN Sec. 3.1) and its subsampled form (DeepLab v1 Sec. 4.1) are here, with the FCN's
+Convolutionalization (FCN Sec. 3.1) and its subsampled form (DeepLab v1 Sec. 3.2) are here, with the FCN's
 bilinear upsampling kernel.
 `width` scales the hidden channels (4096, 1024, 128); the number of classes never scales.
 """
@@ -65,10 +65,10 @@ def subsample_fc(fc_weight: torch.Tensor, fc_bias: torch.Tensor | None, conv: nn
     """A fully connected layer's weights as `conv`'s, subsampled the way DeepLab v1 initialises fc6/fc7.
 
     `fc_weight` [out, in * in_kernel**2] reads a C x k x k window (channel-major, like nn.Flatten); viewed as
-    a [out, C, k, k] kernel (FCN Sec. 3.1: convolutionalization) it is then decimated (DeepLab v1 Sec. 4.1,
-    "we simply subsample the first FC layer"): the kernel spatially to `conv`'s size (7x7 -> 4x4 keeps taps
-    0, 2, 4, 6; 7x7 -> 3x3 keeps 0, 3, 6) and the filters every (out / conv.out_channels)-th (LargeFOV: 1,024
-    of 4,096), the input channels likewise. At the same size it is FCN's exact convolutionalization.
+    a [out, C, k, k] kernel (FCN Sec. 3.1: convolutionalization) it is then decimated (DeepLab v1 Sec. 3.2,
+    "spatially subsampling (by simple decimation) the first FC layer"): the kernel spatially to `conv`'s size
+    (7x7 -> 4x4 keeps taps 0, 2, 4, 6; 7x7 -> 3x3 keeps 0, 3, 6) and the filters every (out / conv.out_channels)-th
+    (LargeFOV: 1,024 of 4,096), the input channels likewise. At the same size it is FCN's exact convolutionalization.
     """
     out_f = fc_weight.shape[0]
     in_c = fc_weight.shape[1] // (in_kernel * in_kernel)
@@ -164,7 +164,7 @@ class FCNHead(nn.Module):
 # -------------------------------------------------------------------------------------------- DeepLab v1
 
 def msc_mlp(in_channels: int, stride: int, width: float = 1.0) -> nn.Sequential:
-    """DeepLab v1 Sec. 3.2 (MSc): 128 3x3 filters then 128 1x1, ReLU and dropout after each.
+    """DeepLab v1 Sec. 4.3 (MSc): 128 3x3 filters then 128 1x1, ReLU and dropout after each.
 
     The 3x3 conv's stride brings its input to the stride-8 grid of fc7 (the Caffe MSc model's strided first
     layer): 8 on the image, 4 on pool1, 2 on pool2, 1 on pool3 and pool4 (3x3, padding 1: ceil(n / stride)
@@ -179,7 +179,7 @@ class DeepLabV1Head(nn.Module):
     """fc6 (k x k at rate r, atrous), fc7 (1x1), fc8 (1x1 to the classes), per DeepLab v1 Table 2:
     7x7 r4 4096; 4x4 r4 4096; 4x4 r8 4096; 3x3 r12 1024 (LargeFOV). ReLU and dropout 0.5 after fc6 and fc7.
 
-    `msc=True` (Sec. 3.2, "multi-scale prediction"): `msc_mlp`s on the image and pool1..pool4 (640 channels
+    `msc=True` (Sec. 4.3, "multi-scale prediction"): `msc_mlp`s on the image and pool1..pool4 (640 channels
     at width 1) concatenated with fc7's output into fc8, as the paper concatenates them "to the main
     network's last layer feature map" (a 1x1 fc8 on the concatenation = the sum of one per part).
     """

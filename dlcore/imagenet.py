@@ -3,7 +3,7 @@
 The papers start every network from an ImageNet classifier. The trunks (`dlcore.backbones`) keep torchvision's
 module names, so its state dicts load key by key at width 1.0; VGG-16's classifier initialises the fc6/fc7 that
 each head declares (`imagenet_fc_layers()`): convolutionalized exactly for FCN (Sec. 3.1), subsampled for
-DeepLab (v1 Sec. 4.1), both by `dlcore.heads.subsample_fc`. `build_model(..., weights=...)` calls this.
+DeepLab (v1 Sec. 3.2), both by `dlcore.heads.subsample_fc`. `build_model(..., weights=...)` calls this.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the papers measure besides accuracy: speed, memory and compute, and the GPU figures on record.
 
 DeepLab v1 Table 2 reports training speed per field-of-view variant, DeepLab v2 Sec. 3.1 the memory and time
-denser score maps cost, and Sec. 4 frames per second on a GPU. `images_per_second` times any callable (a
+denser score maps cost, and Sec. 1 frames per second on a GPU. `images_per_second` times any callable (a
 `dlcore.inference.Predictor`), `activation_megabytes` sums the feature maps a forward pass makes,
 `conv_gmacs` its multiply-adds, and `recorded_gpu_results` reads the GPU measurements of
 benchmarks/RESULTS.md, for notebooks that run on a machine without a GPU.

@@ -11,7 +11,7 @@ predicted to belong to class j, t_i = sum_j n_ij and n_cl classes:
 with the PASCAL VOC conventions: pixels labelled 255 (the void band) are ignored, and a class absent
 from both the prediction and the ground truth has no IoU (NaN) and is left out of the means (mean
 accuracy averages the classes present in the ground truth). The DeepLab trimap experiment (v1 Sec. 5,
-v2 Sec. 4.1, Fig. 5 / 14) scores only the pixels within a narrow band around object boundaries.
+v2 Sec. 4.1, Fig. 5 / 10) scores only the pixels within a narrow band around object boundaries.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@
 
 Every model maps normalized images [B,3,H,W] to logits [B,num_classes,H,W] at the input size and carries
 `name`, `num_classes`, `width`, `options`, `output_stride` and `classifier_parameters()` (the 10x-learning-rate
-layers). On v1, `-msc` is the paper's MSc (multi-scale *features*, Sec. 3.2); on v2 it is MSC, multi-scale
-*inputs* (Sec. 3.3): the same net on the image at scales 0.5, 0.75 and 1.
+layers). On v1, `-msc` is the paper's MSc (multi-scale *features*, Sec. 4.3); on v2 it is MSC, multi-scale
+*inputs* (Sec. 3.2): the same net on the image at scales 0.5, 0.75 and 1.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class FCN(nn.Module):
 
 class DeepLab(nn.Module):
     """A dense trunk, a head giving class scores at the output stride, bilinear upsampling to the input size
-    (DeepLab v1 Sec. 3.1: "bilinear interpolation ... recovers the original resolution").
+    (DeepLab v1 Sec. 3.1: "simple bilinear interpolation to increase their resolution by a factor of 8").
     `msc_features=True` feeds the image and pool1..pool4 to the head (v1's MSc)."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, msc_features: bool = False):
@@ -86,7 +86,7 @@ class DeepLab(nn.Module):
 
 
 class MSC(DeepLab):
-    """DeepLab v2 Sec. 3.3, multi-scale inputs: the shared network on the image at each of `scales`; the score
+    """DeepLab v2 Sec. 3.2, multi-scale inputs: the shared network on the image at each of `scales`; the score
     maps are resized (bilinear) to the scale-1.0 map's size and fused by the pixelwise maximum.
 
     `train()` mode returns `[fused, scores at scales[0], scores at scales[1], ...]`, all at the input size, for a

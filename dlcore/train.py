@@ -1,6 +1,6 @@
 """Training: the papers' SGD recipe, checkpoints with exact resume, DDP.
 
-Training (FCN Sec. 4.1, DeepLab v1 Sec. 4.1, DeepLab v2 Sec. 4.1):
+Training (FCN Sec. 4.3, DeepLab v1 Sec. 5, DeepLab v2 Sec. 4.1):
 
 - mini-batch SGD, momentum 0.9, weight decay 5e-4, cross-entropy summed over valid pixels and averaged, the
   void label 255 ignored;
@@ -8,7 +8,8 @@ Training (FCN Sec. 4.1, DeepLab v1 Sec. 4.1, DeepLab v2 Sec. 4.1):
 - the classifier layers (fc8 / score layers / ASPP classifiers, `model.classifier_parameters()`) learn 10x
   faster, as the papers' "lr_mult: 10" on the newly initialised layers;
 - a model that returns a list (DeepLab v2 MSC in train mode: [fused, scale_1, scale_0.75, ...]) gets one loss
-  per output, summed (v2 Sec. 3.3: "the loss on each scale and on the fused map");
+  per output, summed (not in the paper's text: v2 Sec. 3.2 only fuses the scales by max "both during
+  training and testing");
 - bf16 autocast on CUDA (no loss scaling needed with bf16's range), fp32 on CPU.
 
 The data stream is a pure function of (seed, step): the sample order of epoch e is a torch.Generator

@@ -129,18 +129,88 @@ def test_make_dense_shares_weights_and_leaves_the_original_alone():
     net = _small_stack(padding=1)
     dense = make_dense(net)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    dense_convs = [m for m in dense if isinstance(m, nn.Conv2d)]
+    dense_convs = [m for m in dense.modules() if isinstance(m, nn.Conv2d)]
     assert all(a.weight is b.weight for a, b in zip(convs, dense_convs))
     assert [c.stride for c in convs] == [(1, 1), (1, 1), (2, 2)]  # untouched
     assert [c.dilation for c in dense_convs] == [(1, 1), (2, 2), (4, 4)]  # after pool /2: 2, after pool /2: 4
     assert [c.padding for c in dense_convs] == [(1, 1), (2, 2), (4, 4)]
-    pools = [m for m in dense if isinstance(m, nn.MaxPool2d)]
+    pools = [m for m in dense.modules() if isinstance(m, nn.MaxPool2d)]
     assert [(p.stride, p.dilation) for p in pools] == [(1, 1), (1, 2)]
 
 
 def test_make_dense_rejects_layers_without_dilation():
     with pytest.raises(ValueError, match="AvgPool2d"):
         make_dense(nn.Sequential(nn.Conv2d(1, 1, 3), nn.AvgPool2d(2)))
+
+
+def test_make_dense_keeps_the_structure_and_names():
+    """Nested Sequentials stay nested under their names, so the strided net's state dict loads into the dense one."""
+    net = _small_stack(padding=1)
+    dense = make_dense(net)
+    assert isinstance(dense[3], nn.Sequential) and dense[3][0].dilation == (2, 2)
+    dense.load_state_dict(net.state_dict())
+    assert list(dense.state_dict()) == list(net.state_dict())
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        make_dense(nn.Conv2d(1, 1, 3))
+
+
+def _residual_stack():
+    """A stem and three torchvision residual blocks, two of them strided: a ResNet in miniature."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    def shortcut(c_in, c_out):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        Bottleneck(8, 2, stride=2, downsample=shortcut(8, 8)), BasicBlock(8, 8),
+                        Bottleneck(8, 4, stride=2, downsample=shortcut(8, 16)), Bottleneck(16, 4))
+    for m in net.modules():  # statistics that are not the identity, so batch norm takes part
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.double().eval()
+
+
+def test_dense_residual_blocks_equal_shift_and_stitch():
+    """The hole algorithm through torchvision's residual blocks: main path and shortcut made dense alike."""
+    net = _residual_stack()
+    dense = make_dense(net)
+    assert [b.conv2.dilation for b in dense[2:]] == [(1, 1), (2, 2), (2, 2), (4, 4)]
+    assert dense[2].downsample[0].stride == (1, 1) and net[2].downsample[0].stride == (2, 2)
+    x = torch.randn(1, 3, 61, 58, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out, stitched = dense(x), shift_and_stitch(net, x, s=4)
+    m = 24  # beyond the receptive field's reach (about 45 px) from the zero padding of any shift
+    torch.testing.assert_close(out[..., m:-m, m:-m], stitched[..., m:-m, m:-m], atol=1e-12, rtol=0)
+    dense.load_state_dict(net.state_dict())  # the same names: ResNet weights load into the dense trunk
+    with pytest.raises(ValueError, match="block_rate"):
+        make_dense(net, block_rate=1)
+
+
+def test_block_rate_is_the_caffe_models_rate_and_the_hole_algorithm_where_the_1x1_strides():
+    """block_rate=True (DeepLab v2's ResNet-101): a block whose stride is removed runs at the new rate, its first
+    3x3 included. Where the stride sits on the block's 1x1 conv (Caffe's ResNet), that is the hole algorithm."""
+    net = _residual_stack()
+    deeplab = make_dense(net, output_stride=2, block_rate=True)
+    assert [b.conv2.dilation for b in deeplab[2:]] == [(1, 1), (1, 1), (2, 2), (2, 2)]
+    assert deeplab[4].conv2.stride == (1, 1) and deeplab[4].downsample[0].stride == (1, 1)
+    assert deeplab[2].conv2.stride == (2, 2)  # the first stride fits in output_stride 2: kept
+    for block in (net[2], net[4]):  # the Caffe layout: stride on the 1x1 conv
+        block.conv1.stride, block.conv2.stride = block.conv2.stride, block.conv1.stride
+    proper, caffe = make_dense(net, output_stride=2), make_dense(net, output_stride=2, block_rate=True)
+    geometry = lambda n: [(m.stride, m.dilation, m.padding) for m in n.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
+    assert geometry(proper) == geometry(caffe)
+    x = torch.randn(1, 3, 40, 40, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(proper(x), caffe(x), atol=0, rtol=0)
+
+
+def test_make_dense_refuses_a_block_whose_shortcut_does_not_subsample():
+    from torchvision.models.resnet import BasicBlock
+
+    with pytest.raises(ValueError, match="shortcut subsamples differently"):
+        make_dense(nn.Sequential(BasicBlock(4, 4, stride=2)))
 
 
 # ------------------------------------------------------------------------------------------- receptive fields
@@ -258,7 +328,7 @@ def test_make_dense_can_keep_pools_undilated_as_the_caffe_model():
     assert dense[2].dilation == (2, 2) and dense[4].dilation == (4, 4) and dense[4].padding == (4, 4)
     assert dense[4].weight is net[4].weight
     proper = make_dense(net)  # the hole algorithm itself dilates the second pool by 2
-    assert any(isinstance(m, nn.MaxPool2d) and m.dilation == 2 for m in proper)
+    assert any(isinstance(m, nn.MaxPool2d) and m.dilation == 2 for m in proper.modules())
     with pytest.raises(ValueError, match="dilate_pools"):
         make_dense(net, dilate_pools="no")
 

@@ -17,7 +17,7 @@ def test_published_numbers():
     assert t["deeplab_v2_table3"].value("ASPP-L", "miou") == 68.96 and t["deeplab_v2_table3"].value("ASPP-L") == 71.57
     assert t["deeplab_v2_table4"].value("ResNet-101") == 68.72
     assert t["deeplab_v2_table4"].value("+ MSC + COCO + Aug + ASPP + CRF") == 77.69
-    assert t["deeplab_v2_test"].value("DeepLab") == 79.7
+    assert t["deeplab_v2_test"].value("DeepLab-CRF (ResNet-101)") == 79.7
     assert t["fcn_table2"].value("FCN-8s", "fwiou") == 83.2 and t["fcn_table2"].value("FCN-32s", "pixel_acc") == 89.1
     for table in t.values():
         assert table.source and all(len(v) == len(table.columns) for _, v in table.rows)

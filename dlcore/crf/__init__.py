@@ -6,7 +6,7 @@
 Inference is Krähenbühl & Koltun's mean-field (`meanfield.py`) with the two Gaussian kernels filtered on a
 permutohedral lattice (`lattice.py`); `exact.py` is the O(N^2) reference. The numbers match pydensecrf.
 
-Defaults are DeepLab v1's DeepLab-LargeFOV settings, cross-validated on VOC 2012 val (DeepLab v1, Sec. 4.1
+Defaults are DeepLab v1's DeepLab-LargeFOV settings, cross-validated on VOC 2012 val (DeepLab v1, Sec. 5
 and its released CRF config): w1 = 4, sigma_alpha = 121, sigma_beta = 5, w2 = 3, sigma_gamma = 3,
 10 iterations. DeepLab v2 fixes w2 = 3, sigma_gamma = 3 in the paper (Sec. 4.1) and cross-validates the rest;
 its released ResNet-101 VOC config is `DEEPLAB_V2_RESNET101` (w1 = 4, sigma_alpha = 67, sigma_beta = 3,

@@ -1,6 +1,6 @@
 """The CRF settings of the papers' released models, in one place: the defaults and the per-family configs.
 
-DeepLab v1 (Sec. 4.1 and its released CRF config) cross-validated DeepLab-LargeFOV's appearance kernel on
+DeepLab v1 (Sec. 5 and its released CRF config) cross-validated DeepLab-LargeFOV's appearance kernel on
 VOC 2012 val: w1 = 4, sigma_alpha = 121, sigma_beta = 5, with the smoothness kernel w2 = 3, sigma_gamma = 3,
 10 mean-field iterations. These are `DEFAULTS`: every CRF of dlcore (`dense_crf`, `DenseCRF`, `--crf`) starts
 from them. DeepLab v2 fixes w2 = 3, sigma_gamma = 3 in the paper (Sec. 4.1) and cross-validates the rest;

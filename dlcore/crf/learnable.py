@@ -79,7 +79,7 @@ FILTERS = ("lattice", "exact")
 
 
 def potts(num_labels: int) -> torch.Tensor:
-    """The Potts compatibility mu(l, l') = 1 - delta(l, l') (DeepLab v1 Sec. 4.1): a penalty for differing labels."""
+    """The Potts compatibility mu(l, l') = 1 - delta(l, l') (DeepLab v1 Sec. 4.2): a penalty for differing labels."""
     return 1.0 - torch.eye(num_labels)
 
 

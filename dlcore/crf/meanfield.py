@@ -1,6 +1,6 @@
 """Mean-field inference in the fully connected CRF (Krähenbühl & Koltun, NIPS 2011), as pydensecrf runs it.
 
-The energy (DeepLab v1, Sec. 4.1; DeepLab v2, Sec. 3.3) over labels x_i of all pixels i:
+The energy (DeepLab v1, Sec. 4.2; DeepLab v2, Sec. 3.3) over labels x_i of all pixels i:
 
     E(x) = sum_i U_i(x_i) + sum_{i<j} mu(x_i, x_j) [ w1 exp(-|p_i-p_j|^2 / 2 sigma_alpha^2 - |I_i-I_j|^2 / 2 sigma_beta^2)
                                                    + w2 exp(-|p_i-p_j|^2 / 2 sigma_gamma^2) ]

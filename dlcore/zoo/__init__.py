@@ -10,7 +10,7 @@ and then compare heads, strides and skips. So the zoo does it once:
 1. `dlcore.pretrain` trains VGG-16 and ResNet-101 classifiers (width `WIDTH`) on image-level labels: the
    head-neutral stand-in for ImageNet.
 2. Every model starts from them as the papers start from ImageNet: FCN convolutionalizes fc6/fc7 (Sec. 3.1),
-   DeepLab v1/v2 subsample them (v1 Sec. 4.1) into each fc6/fc7 and every ASPP branch; ResNet heads start fresh.
+   DeepLab v1/v2 subsample them (v1 Sec. 3.2) into each fc6/fc7 and every ASPP branch; ResNet heads start fresh.
 3. The trunk's lower part stays frozen (the budget of a 2-core CPU; named in every notebook): VGG-16 up to
    pool4, ResNet-101 up to layer3. Its features are computed once per image set (and per scale, for MSC) and
    cached; the last block (conv5 / layer4) and the head train, with the papers' recipe: SGD, momentum 0.9,
@@ -18,7 +18,7 @@ and then compare heads, strides and skips. So the zoo does it once:
    fc7 and the score layers learn) and trains in stages, 32s -> 16s -> 8s (Sec. 4.2). Each model for `SEEDS`
    (the seed picks the fresh layers' init, the sample order and dropout).
 4. The CRF's w1, sigma_alpha, sigma_beta are cross-validated per model on held-out scenes (seed 0's model),
-   as the papers do (v1 Sec. 4.2), with w2 = 3, sigma_gamma = 3 fixed.
+   as the papers do (v1 Sec. 5), with w2 = 3, sigma_gamma = 3 fixed.
 
 The package, one part per step: `recipe` (what is trained, on what schedule), `store` (the files and the
 manifest), `trunk` (the pre-trained start and the cached frozen trunk), `training` (step 3 and 4, `train_all`),

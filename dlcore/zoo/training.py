@@ -119,15 +119,16 @@ def image_confusions(labels: np.ndarray, masks: np.ndarray, num_classes: int) ->
 
 
 def crf_refine(images: torch.Tensor, probs: torch.Tensor, params: dict) -> np.ndarray:
-    """Labels [N,H,W] after dense_crf with `params` (CRF_ITERATIONS mean-field iterations) on each image."""
-    from dlcore.crf import dense_crf
+    """Labels [N,H,W] after the test-time CRF stage (`dlcore.inference.crf_stage`) with `params` and
+    CRF_ITERATIONS mean-field iterations, on the cached probabilities of each image (one lattice per image)."""
+    from dlcore.inference import crf_stage
 
-    return np.stack([dense_crf(im.permute(1, 2, 0).numpy(), p.numpy(), CRF_ITERATIONS, **params).argmax(0)
-                     for im, p in zip(images, probs)])
+    refine = crf_stage(dict(params, iterations=CRF_ITERATIONS))
+    return np.stack([refine(im[None], p[None])[0].argmax(0).numpy() for im, p in zip(images, probs)])
 
 
 def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
-    """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 4.2)."""
+    """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 5)."""
     import itertools
 
     from tqdm.auto import tqdm
