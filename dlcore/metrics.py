@@ -16,6 +16,8 @@ v2 Sec. 4.1, Fig. 5 / 10) scores only the pixels within a narrow band around obj
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -136,13 +138,30 @@ def boundary_band(target, band: int, ignore_index: int = 255) -> np.ndarray:
     seeds[:, :, :-1] |= dx
     seeds[:, 1:, :] |= dy
     seeds[:, :-1, :] |= dy
-    b = int(band)
-    if b:
-        offsets = torch.arange(-b, b + 1)
-        disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= b * b).float()[None, None]
-        seeds = F.conv2d(seeds[:, None].float(), disc, padding=b)[:, 0] > 0
-    out = seeds.numpy()
+    out = _dilate_by_disc(seeds, int(band)).numpy()
     return out if batched else out[0]
+
+
+def _dilate_by_disc(seeds: torch.Tensor, b: int) -> torch.Tensor:
+    """bool [N,H,W]: the pixels within Euclidean distance `b` of a seed, exactly (a dilation by a disc).
+
+    First each pixel's distance g to the nearest seed in its own row (two running maxima of seed columns); then
+    a pixel is within b of a seed dy rows away when dy^2 + g^2 <= b^2 there. That is 2b + 1 elementwise passes,
+    against the (2b + 1)^2 taps of a convolution with the disc (seconds per image at the 40 px band)."""
+    if not b:
+        return seeds.clone()
+    n, h, w = seeds.shape
+    cols = torch.arange(w).expand(n, h, w)
+    far = torch.full_like(cols, -(w + b + 1))  # no seed in the row: farther than the band reaches
+    left = torch.where(seeds, cols, far).cummax(2).values  # the nearest seed column at or left of x
+    right = torch.where(seeds.flip(2), cols, far).cummax(2).values.flip(2)  # the same from the right
+    g2 = torch.minimum(cols - left, (w - 1 - right) - cols) ** 2
+    out = torch.zeros_like(seeds)
+    for dy in range(0, min(b, h - 1) + 1):
+        near = g2 <= b * b - dy * dy
+        out[:, : h - dy] |= near[:, dy:]  # a seed dy rows below
+        out[:, dy:] |= near[:, : h - dy]  # and dy rows above
+    return out
 
 
 def trimap_miou(pred, target, num_classes: int, band: int, ignore_index: int = 255) -> float:

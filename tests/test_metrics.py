@@ -117,6 +117,21 @@ def test_boundary_band_seeds_on_void():
     assert b[:, 2:5].all() and not b[:, :2].any() and not b[:, 5:].any()
 
 
+@pytest.mark.parametrize("shape, p_void", [((2, 31, 27), 0.01), ((1, 1, 40), 0.05), ((1, 40, 1), 0.05), ((1, 12, 17), 0.0)])
+def test_boundary_band_is_every_pixel_within_the_band_of_a_seed(shape, p_void):
+    """Brute force over all pixel pairs: in the band exactly when some seed lies within Euclidean distance b."""
+    rng = np.random.default_rng(sum(shape))
+    t = np.where(rng.random(shape) < p_void, 255, rng.integers(0, 2, shape) * (rng.random(shape) < 0.02))
+    seeds = metrics.boundary_band(t, 0)
+    for i in range(shape[0]):
+        ys, xs = np.nonzero(seeds[i])
+        grid = np.stack(np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij"), -1)[:, :, None]
+        d2 = ((grid - np.stack([ys, xs], -1)) ** 2).sum(-1)  # [H, W, seeds]
+        for b in (1, 2, 3, 7, 20):
+            expected = (d2 <= b * b).any(-1) if len(ys) else np.zeros(shape[1:], bool)
+            assert np.array_equal(metrics.boundary_band(t, b)[i], expected), (shape, i, b)
+
+
 def test_trimap_miou_on_a_square():
     pred = np.zeros_like(SQUARE)
     # band 0 scores 12 background pixels (right) and 8 square pixels (all wrong): IoU_0 = 12/20, IoU_1 = 0

@@ -1,8 +1,9 @@
 """Mean-field on a GPU: the splat, blur and slice of `lattice.py` as Triton kernels.
 
-`FusedFilter` runs each mean-field iteration as d+3 sparse matrix products; on a GPU those are cuSPARSE
-calls (72 ms of a batch of 16 VOC-size images on an H100, benchmarks/RESULTS.md), and the softmax is two more
-passes over [N, L]. Here one iteration is d+5 kernel launches, with the softmax fused into the slice:
+`FusedFilter` runs each mean-field iteration as d+3 sparse products (weighted sums of gathered rows,
+`embedding_bag`), and the softmax is two more passes over [N, L]; as cuSPARSE products they took 72 ms of a
+batch of 16 VOC-size images on an H100 (benchmarks/RESULTS.md, measured before the products became
+`embedding_bag` calls). Here one iteration is d+5 kernel launches, with the softmax fused into the slice:
 
 1. `_splat_pieces` + `_sum_pieces`: vertex v gathers the (weighted) Q rows of the points in its simplices.
    The lattice build left the entries sorted by vertex (`order`, `crow`), so this is a segmented sum, cut
