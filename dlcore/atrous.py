@@ -112,9 +112,9 @@ def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = T
     Walking the layers in order, a layer with stride s gets stride 1, and every *later* layer gets its
     dilation (and padding, so that "same" padding stays "same") multiplied by s; a max-pool after it becomes
     a dilated max-pool. The weights are shared with `net`, not copied: it is one set of parameters, two
-    ways of sliding it. Accepts an nn.Sequential (nested ones too, and torchvision's residual blocks) of
-    Conv2d, MaxPool2d and pointwise layers; the result has the same structure and module names, so a state
-    dict of `net` loads into it.
+    ways of sliding it. Accepts one layer or an nn.Sequential (nested ones too, and torchvision's residual
+    blocks) of Conv2d, MaxPool2d and pointwise layers; the result has the same structure and module names, so
+    a state dict of `net` loads into it.
 
     `output_stride` (DeepLab v2, Sec. 3.1): the first strides are kept while their product stays within
     output_stride, only the later ones become rates; DeepLab v1 is VGG-16 at output_stride=8.
@@ -135,9 +135,7 @@ def make_dense(net: nn.Module, output_stride: int = 1, *, dilate_pools: bool = T
     for name, flag in (("dilate_pools", dilate_pools), ("block_rate", block_rate)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
-    if not isinstance(net, nn.Sequential):
-        raise ValueError(f"make_dense takes an nn.Sequential, got {type(net).__name__} (wrap its layers in order: "
-                         f"nn.Sequential(net.conv1, net.bn1, ...))")
+    net = net if isinstance(net, nn.Sequential) else nn.Sequential(net)  # one layer: a chain of one
     return _HoleWalk(output_stride, dilate_pools, block_rate).module(net)
 
 
