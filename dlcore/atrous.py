@@ -152,7 +152,7 @@ class _HoleWalk:
             return nn.Sequential(OrderedDict((name, self.module(child)) for name, child in m.named_children()))
         if isinstance(m, _POINTWISE):
             return m
-        if _residual_paths(m) is not None:
+        if _is_residual_block(m):
             return self.block(m)
         if not isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
             raise ValueError(f"make_dense handles Conv2d, MaxPool2d, pointwise layers and residual blocks; "
@@ -170,7 +170,7 @@ class _HoleWalk:
         return dense
 
     def block(self, block: nn.Module) -> nn.Module:
-        main, shortcut = _residual_paths(block)
+        main = [getattr(block, name) for name in _layer_names(block)]
         stride = math.prod(_scalar(m.stride, "stride", m) for m in main if not isinstance(m, _POINTWISE))
         start, dense = (self.rate, self.kept), copy.copy(block)
         dense._modules = OrderedDict(block._modules)  # a copy of the block; its layers are replaced below
@@ -198,13 +198,11 @@ def _layer_names(block: nn.Module) -> list[str]:
     return [name for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3") if hasattr(block, name)]
 
 
-def _residual_paths(m: nn.Module):
-    """(main path layers in order, shortcut) of a torchvision residual block, or None for any other module."""
+def _is_residual_block(m: nn.Module) -> bool:
+    """torchvision's residual blocks: a main path (`_layer_names`) plus a shortcut (`downsample`, or none)."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
-    if not isinstance(m, (BasicBlock, Bottleneck)):
-        return None
-    return [getattr(m, name) for name in _layer_names(m)], m.downsample
+    return isinstance(m, (BasicBlock, Bottleneck))
 
 
 def _dilated(layer: nn.Module, rate: int, stride: int) -> nn.Module:
