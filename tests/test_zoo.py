@@ -132,10 +132,28 @@ def test_interrupted_write_leaves_nothing_and_the_rerun_resumes(tiny_zoo, tmp_pa
         zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None)
     assert not list(d.glob(".*.tmp")) and not (d / "deeplab-v1-7x7-s1.pt").exists()
     assert (d / "manifest.json").read_text() == before
+    assert (d / "scores" / "fcn8s-s1.npz").is_file()  # its weights were intact: scored again before the kill, not retrained
     monkeypatch.setattr(torch, "save", real_save)
     done = zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None)
-    assert done == ["fcn8s-s1", "deeplab-v1-7x7-s1"]  # only what was missing
+    assert done == ["deeplab-v1-7x7-s1"]  # only what was missing
     assert zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None) == []
+
+
+def test_a_run_stopped_before_the_scores_keeps_the_weights(tiny_zoo, tmp_path, monkeypatch, tiny):
+    """Weights saved, scores (and seed 0's CRF search) not yet: `zoo train` records them without training again; a
+    later seed whose CRF settings need an untrained seed 0 says so, naming both commands."""
+    d = _copy(tiny_zoo, tmp_path / "z")
+    name = "deeplab-v1-largefov"
+    (d / "scores" / f"{name}-s1.npz").unlink()
+    weights = (d / f"{name}-s1.pt").read_bytes()
+    monkeypatch.setattr(zoo.training, "train_model", lambda *a, **k: pytest.fail("trained again"))
+    assert zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None) == [f"{name}-s1"]
+    assert (d / "scores" / f"{name}-s1.npz").is_file() and (d / f"{name}-s1.pt").read_bytes() == weights
+
+    zoo.store._update_manifest(d, lambda m: (m["crf"].pop(name), m["entries"].pop(f"{name}-s0")))
+    (d / "scores" / f"{name}-s1.npz").unlink()
+    with pytest.raises(zoo.ZooError, match=rf"{name}-s1 is trained and saved.*--only {name}-s0.*zoo train`"):
+        zoo.train_all([f"{name}-s1"], zoo_dir=d, progress=False, log=lambda *_: None)
 
 
 def test_shipped_zoo_is_intact_and_within_budget():

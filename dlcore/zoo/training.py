@@ -15,8 +15,8 @@ from dlcore.io import atomic_write
 from dlcore.zoo import recipe
 from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, LR, MODELS, PRETRAIN, WIDTH, ZOO_DIR, _split, build,
                                entry_names, rebuild_command, schedule)
-from dlcore.zoo.store import (_complete, _machine, _save_entry, _update_manifest, crf_settings, load_entry, pack,
-                              unpack)
+from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry,
+                              pack, read_manifest, unpack)
 from dlcore.zoo.trunk import features, frozen_keys, forward_cached, load, probabilities, start_from_pretrained
 
 def _seeded_model(name: str, seed: int, zoo_dir: Path) -> nn.Module:
@@ -152,6 +152,16 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
             "heldout_miou_without": round(float(scores_from_confusion(none)["miou"]), 5)}
 
 
+def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) -> None:
+    """crf_search on seed 0's model, into the manifest; the other seeds are scored with what it found."""
+    if not _ok(f"{model}-s0", zoo_dir):  # e.g. seed 0 still training in another `zoo train`
+        raise recipe.ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
+                              f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0')}`, "
+                              f"then `python -m dlcore zoo train`, which keeps these weights and records the scores")
+    found = crf_search(model, zoo_dir, progress)
+    _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))
+
+
 def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     """Per-image confusion matrices on the test scenes, without the CRF (N_VAL) and with it (N_CRF, CRF_MODELS),
     stored in zoo/scores/NAME-sSEED.npz: the CRF is too slow to rerun for every model in a notebook's minutes,
@@ -208,10 +218,12 @@ def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = Z
             info = train_pretrained(entry.removeprefix("pretrain-"), zoo_dir=zoo_dir, progress=progress)
         else:
             model, seed = _split(entry)
-            info = train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
-            if model in CRF_MODELS and seed == 0:
-                found = crf_search(model, zoo_dir, progress)
-                _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))
+            # A run stopped after saving the weights but before the scores: keep the weights, finish the rest.
+            trained = not (force and only) and _ok(entry, zoo_dir)
+            info = read_manifest(zoo_dir)["entries"][entry] if trained else \
+                train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
+            if model in CRF_MODELS and (seed == 0 and not trained or model not in read_manifest(zoo_dir)["crf"]):
+                _cross_validate_crf(model, seed, zoo_dir, progress)
             record_scores(model, seed, zoo_dir)
         done.append(entry)
         log(f"{entry}: {time.perf_counter() - t0:.0f} s ({info['train_seconds']} s training)")
