@@ -19,6 +19,21 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
+THREADS_ENV = "DLCORE_THREADS"
+
+
+def use_threads(n: int) -> int:
+    """torch.set_num_threads(n), capped by the environment's DLCORE_THREADS when it is set: `dlcore figures`
+    runs two notebooks side by side on two cores with one thread each (two threads each would fight over the
+    cores at every OpenMP barrier). Returns the number of threads set."""
+    cap = os.environ.get(THREADS_ENV, "").strip()
+    if cap and (not cap.isdigit() or int(cap) < 1):
+        raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {cap!r}; unset it to use {n} threads")
+    threads = min(n, int(cap)) if cap else n
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_device(device="auto") -> torch.device:
     """The one device resolver: 'auto' -> CUDA when a GPU is present, else CPU; 'cpu', 'cuda', 'cuda:N' or a
     torch.device -> that device. An unknown name, or CUDA without a GPU, is a ValueError naming the choices."""

@@ -170,20 +170,90 @@ def _cell_source(executed: Path, index: int) -> str:
         return "(source unavailable)"
 
 
-def run_all(smoke: bool = False, only: str | None = None, device: str = "auto",
-            out_dir: Path = ROOT / "build" / "notebooks", fig_dir: Path = ROOT / "figures") -> list[Result]:
-    """Every notebook in order; stops at the first failure."""
+def run_all(smoke: bool = False, only: str | None = None, device: str = "auto", jobs: int = 1,
+            out_dir: Path = ROOT / "build" / "notebooks", fig_dir: Path = ROOT / "figures",
+            folder: Path = NOTEBOOKS) -> list[Result]:
+    """Every notebook, in order with jobs=1, else `jobs` side by side (the cores shared out: DLCORE_THREADS),
+    the longest first by the previous run's times; stops at the first failure. Results in notebook order."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     from tqdm.auto import tqdm
 
-    results = []
-    bar = tqdm(notebooks(only), unit="notebook")
-    for path in bar:
-        bar.set_description(path.stem)
-        results.append(run_notebook(path, out_dir, fig_dir, smoke=smoke, device=device))
-        missing = set(declared_figures(path)) - set(results[-1].figures)
-        if missing:
-            raise NotebookFailed(f"{path.name} ran but did not write the figures it declares: {sorted(missing)}")
-    return results
+    paths = notebooks(only, folder)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    jobs = min(jobs, len(paths))
+    times_file = Path(out_dir) / "seconds.json"
+    bar = tqdm(total=len(paths), unit="notebook")
+    results = {}
+    if jobs == 1:
+        for path in paths:
+            bar.set_description(path.stem)
+            results[path] = _run_checked(path, out_dir, fig_dir, smoke, device)
+            bar.update()
+    else:
+        previous = _read_times(times_file, smoke)
+        order = sorted(paths, key=lambda p: -previous.get(p.name, 0.0))  # longest first: the pair ends together
+        # spawn, not fork: a forked copy of a process that has run torch can deadlock in OpenMP
+        threads = max(1, _cores() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_cap_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_checked, p, out_dir, fig_dir, smoke, device): p for p in order}
+            for future in as_completed(futures):
+                if future.exception() is not None:  # stop at the first failure: the queued notebooks never start
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+                results[futures[future]] = future.result()
+                bar.set_description(futures[future].stem)
+                bar.update()
+    bar.close()
+    ordered = [results[p] for p in paths]
+    _write_times(times_file, smoke, {r.notebook: r.seconds for r in ordered})
+    return ordered
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_jobs() -> int:
+    """Two notebooks side by side where there are two cores: the notebooks' cells are short OpenMP regions that
+    two threads barely speed up, so two one-thread kernels finish the set sooner than one two-thread kernel."""
+    return 2 if _cores() >= 2 else 1
+
+
+def _cap_threads(threads: int) -> None:
+    from dlcore import THREADS_ENV
+
+    os.environ[THREADS_ENV] = str(threads)  # the kernels papermill starts inherit it (dlcore.use_threads)
+
+
+def _run_checked(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: str) -> Result:
+    result = run_notebook(path, out_dir, fig_dir, smoke=smoke, device=device)
+    missing = set(declared_figures(path)) - set(result.figures)
+    if missing:
+        raise NotebookFailed(f"{path.name} ran but did not write the figures it declares: {sorted(missing)}")
+    return result
+
+
+def _read_times(path: Path, smoke: bool) -> dict:
+    try:
+        return json.loads(path.read_text()).get("smoke" if smoke else "full", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # no previous run (a fresh clone), or an unreadable file: notebook order
+
+
+def _write_times(path: Path, smoke: bool, seconds: dict) -> None:
+    from dlcore.io import atomic_write_bytes
+
+    try:
+        times = json.loads(path.read_text())
+    except (OSError, ValueError):
+        times = {}
+    times = times if isinstance(times, dict) else {}
+    times["smoke" if smoke else "full"] = {**times.get("smoke" if smoke else "full", {}), **seconds}
+    atomic_write_bytes(path, json.dumps(times, indent=1).encode())
 
 
 def table(results: list[Result]) -> str:

@@ -143,3 +143,8 @@ def test_eval_crf_uses_the_settings_a_checkpoint_records():
     assert checkpoint_crf(True, {"crf": recorded}) == recorded
     assert checkpoint_crf(True, {}) is True
     assert checkpoint_crf(False, {"crf": recorded}) is None
+
+
+def test_figures_refuses_a_bad_jobs_count(capsys):
+    assert main(["figures", "--jobs", "0", "--only", "02"]) == 2
+    assert "--jobs must be at least 1" in error_line(capsys)

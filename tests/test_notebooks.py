@@ -89,3 +89,51 @@ def test_full_mode_asserts_the_papers_claims(path, tmp_path):
         run_notebook(path, tmp_path / "executed", tmp_path / "figures", smoke=False, device="cpu", timeout=900)
     except NotebookFailed as e:
         pytest.fail(str(e), pytrace=False)
+
+
+def _tiny_notebook(path: Path, source: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("SMOKE = False\nDEVICE = 'auto'\nFIG_DIR = '.'"),
+                                         nbformat.v4.new_code_cell(source)])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_all_side_by_side_shares_the_cores(tmp_path):
+    """--jobs 2 runs the notebooks in two processes whose kernels get the cores shared out (DLCORE_THREADS), returns
+    them in notebook order, and records their times for the next run's longest-first order."""
+    from dlcore.figures import _cores, run_all
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    for name in ("00_a", "01_b", "02_c"):
+        _tiny_notebook(folder / f"{name}.ipynb", "import os, pathlib, dlcore\n"
+                       f"n = dlcore.use_threads(2)\npathlib.Path(r'{tmp_path}', '{name}.txt').write_text(f'{{n}} {{os.getpid()}}')")
+    results = run_all(smoke=True, jobs=2, out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", folder=folder)
+    assert [r.notebook for r in results] == ["00_a.ipynb", "01_b.ipynb", "02_c.ipynb"]
+    threads = {int((tmp_path / f"{n}.txt").read_text().split()[0]) for n in ("00_a", "01_b", "02_c")}
+    assert threads == {min(2, max(1, _cores() // 2))}
+    times = json.loads((tmp_path / "out" / "seconds.json").read_text())["smoke"]
+    assert set(times) == {"00_a.ipynb", "01_b.ipynb", "02_c.ipynb"}
+
+
+def test_run_all_side_by_side_reports_the_failing_notebook(tmp_path):
+    from dlcore.figures import run_all
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _tiny_notebook(folder / "00_ok.ipynb", "x = 1")
+    _tiny_notebook(folder / "01_bad.ipynb", "raise ValueError('this cell fails')")
+    with pytest.raises(NotebookFailed, match=r"01_bad\.ipynb: cell .* ValueError: this cell fails"):
+        run_all(smoke=True, jobs=2, out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", folder=folder)
+
+
+def test_use_threads_refuses_a_bad_cap(monkeypatch):
+    import dlcore
+
+    monkeypatch.setenv("DLCORE_THREADS", "two")
+    with pytest.raises(ValueError, match="DLCORE_THREADS must be a whole number"):
+        dlcore.use_threads(2)

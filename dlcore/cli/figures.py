@@ -1,11 +1,12 @@
-"""`python -m dlcore figures [--smoke] [--only NN]`: every notebook headless (`dlcore.figures`), figures regenerated."""
+"""`python -m dlcore figures [--smoke] [--only NN] [--jobs N]`: every notebook headless (`dlcore.figures`), figures regenerated."""
 
 from __future__ import annotations
 
 import sys
 
 from dlcore.cli.common import add_debug_argument, add_device_argument, check_device, guarded
-from dlcore.figures import CHECK_OUTPUT, ROOT, NotebookFailed, checked_cells, notebooks, run_all, store_checked_outputs, table
+from dlcore.figures import (CHECK_OUTPUT, ROOT, NotebookFailed, checked_cells, default_jobs, notebooks, run_all,
+                            store_checked_outputs, table)
 
 
 def add_figures_arguments(parser) -> None:
@@ -14,6 +15,8 @@ def add_figures_arguments(parser) -> None:
     parser.add_argument("--store-checked", action="store_true",
                         help=f"after the run, store the outputs of the cells marked '{CHECK_OUTPUT}' in notebooks/ "
                              "(the stored tables nbval checks); every other cell stays clean")
+    parser.add_argument("--jobs", type=int, default=default_jobs(), metavar="N",
+                        help="notebooks run side by side, the cores shared between them (default %(default)s)")
     add_device_argument(parser)
     add_debug_argument(parser)
 
@@ -25,7 +28,9 @@ def run_figures(args) -> int:
 def _run_figures(args) -> int:
     check_device(args)
     try:
-        results = run_all(smoke=args.smoke, only=args.only, device=args.device)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        results = run_all(smoke=args.smoke, only=args.only, device=args.device, jobs=args.jobs)
     except NotebookFailed as e:  # the failing cell's source first (many lines), then the one-line error
         lines = str(e).splitlines()
         print("\n".join(lines[1:]), file=sys.stderr)
