@@ -1,7 +1,8 @@
 """Run the notebooks headless through papermill: `python -m dlcore figures` and the notebook tests.
 
 A notebook declares the figures it writes in its metadata, `metadata.dlcore.figures = ["02_taps", ...]`,
-so that the runner and the tests can check that each was written.
+so that the runner and the tests can check that each was written, and how long its full run takes,
+`metadata.dlcore.seconds`, so that a run side by side starts the longest first.
 """
 
 import ast
@@ -37,6 +38,12 @@ def notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
         if not paths:
             raise ValueError(f"no notebook in {folder} starts with {only!r}")
     return paths
+
+
+def declared_seconds(path: Path) -> float:
+    """How long a full run of the notebook takes (its metadata.dlcore.seconds, on two cores side by side): the
+    order `run_all` starts them in when no earlier run's times are recorded (a fresh clone)."""
+    return float(json.loads(Path(path).read_text())["metadata"].get("dlcore", {}).get("seconds", 0.0))
 
 
 def declared_figures(path: Path) -> list[str]:
@@ -194,7 +201,8 @@ def run_all(smoke: bool = False, only: str | None = None, device: str = "auto", 
             bar.update()
     else:
         previous = _read_times(times_file, smoke)
-        order = sorted(paths, key=lambda p: -previous.get(p.name, 0.0))  # longest first: the pair ends together
+        # longest first, so that the last two end together: by the last run's times, else as declared
+        order = sorted(paths, key=lambda p: -previous.get(p.name, declared_seconds(p)))
         # spawn, not fork: a forked copy of a process that has run torch can deadlock in OpenMP
         threads = max(1, _cores() // jobs)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dlcore.figures import NotebookFailed, declared_figures, is_checked, notebooks, run_notebook
+from dlcore.figures import NotebookFailed, declared_figures, declared_seconds, is_checked, notebooks, run_notebook
 
 NOTEBOOKS = notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
@@ -56,6 +56,12 @@ def test_parameters_cell_holds_literals_only(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_declares_figures(path):
     assert declared_figures(path), f"{path.name}: metadata.dlcore.figures lists no figure"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_declares_its_full_run_time_within_three_minutes(path):
+    """The order a fresh clone's `make figures` starts them in; the issue's budget is 3 minutes a notebook."""
+    assert 0 < declared_seconds(path) <= 180, f"{path.name}: metadata.dlcore.seconds is {declared_seconds(path)}"
 
 
 @pytest.mark.notebook

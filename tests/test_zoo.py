@@ -178,3 +178,18 @@ def test_branch_labels_fused_map_is_the_models_own_prediction(tiny_zoo, tiny):
     labels = zoo.branch_labels(model, data)
     assert set(labels) == {f"scale {s}" for s in model.scales} | {"fused (max)"}
     np.testing.assert_array_equal(labels["fused (max)"], zoo.probabilities(model, data).argmax(1).numpy())
+
+
+def test_labels_of_is_argmax_over_the_classes_ties_included():
+    probs = torch.rand(3, 5, 7, 6)
+    probs[:, 3] = probs[:, 1]  # exact ties: the first maximum wins, as in argmax(1)
+    assert np.array_equal(zoo.trunk.labels_of(probs), probs.argmax(1).numpy())
+
+
+def test_predictions_reuse_what_evaluate_computed(tiny_zoo, tiny, monkeypatch):
+    name = "deeplab-v1-largefov"
+    fresh = zoo.predictions(name, 0, zoo.N_VAL, zoo_dir=tiny_zoo)[2]
+    zoo.evaluate(name, seeds=[0], zoo_dir=tiny_zoo, check_crf=0)
+    monkeypatch.setattr(zoo.evidence, "probabilities", lambda *a, **k: pytest.fail("ran the network again"))
+    images, masks, kept = zoo.predictions(name, 0, 2, zoo_dir=tiny_zoo)
+    assert kept.dtype == torch.int64 and torch.equal(kept, fresh[:2]) and len(images) == len(masks) == 2

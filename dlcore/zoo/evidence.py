@@ -10,9 +10,27 @@ import torch
 
 from dlcore.zoo import recipe
 from dlcore.zoo.recipe import ZOO_DIR, ZooError, rebuild_command, use_tiny_schedule
-from dlcore.zoo.store import _complete, crf_settings, recorded
-from dlcore.zoo.trunk import features, load, probabilities
+from dlcore.zoo.store import _complete, crf_settings, read_manifest, recorded
+from dlcore.zoo.trunk import features, labels_of, load, probabilities
 from dlcore.zoo.training import crf_refine, image_confusions, train_all
+
+# The test scenes' labels (no CRF) that `evaluate` computed, by zoo file and checksum, so that `predictions`
+# returns them without running the network again (notebook 06's by-size table reads every scene of every seed).
+_LABELS: dict = {}
+_LABELS_KEPT = 16  # the most recent ones: 6 MB each at 96 scenes of 256 x 256
+
+
+def _labels_key(name: str, seed: int, zoo_dir: Path) -> tuple:
+    sha = read_manifest(zoo_dir)["entries"].get(f"{name}-s{seed}", {}).get("sha256")
+    return str(Path(zoo_dir).resolve()), name, seed, sha, recipe.N_VAL, recipe.SIZE
+
+
+def _keep_labels(key: tuple, labels: np.ndarray) -> None:
+    _LABELS.pop(key, None)
+    _LABELS[key] = labels.astype(np.uint8)
+    while len(_LABELS) > _LABELS_KEPT:
+        del _LABELS[next(iter(_LABELS))]  # the oldest
+
 
 def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int = 2) -> dict:
     """Per seed: per-image confusions on the test scenes, {"none": [N_VAL,C,C], "crf": [N_CRF,C,C] (CRF_MODELS)}.
@@ -32,7 +50,9 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
         data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
         probs = probabilities(model, data)
         masks = data["masks"].numpy()
-        live = image_confusions(probs.argmax(1).numpy(), masks, model.num_classes)
+        labels = labels_of(probs)
+        _keep_labels(_labels_key(name, seed, zoo_dir), labels)
+        live = image_confusions(labels, masks, model.num_classes)
         rec = recorded(name, seed, zoo_dir)
         _same(live, rec["none"], f"{name}-s{seed} (no CRF)")
         result = {"none": live}
@@ -134,12 +154,15 @@ def fmt(values) -> str:
 def predictions(name: str, seed: int = 0, n: int = 4, *, crf: bool = False, zoo_dir: Path = ZOO_DIR):
     """(images uint8 [n,3,S,S], masks [n,S,S], labels [n,S,S]) of the first `n` test scenes, for figures;
     crf=True refines them with the model's cross-validated CRF."""
-    model = load(name, seed, zoo_dir)
+    model = load(name, seed, zoo_dir)  # checks the file against the manifest, also when the labels are kept
     data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    kept = _LABELS.get(_labels_key(name, seed, zoo_dir))
+    if kept is not None and not crf and n <= len(kept):
+        return data["images"][:n], data["masks"][:n], torch.as_tensor(kept[:n].astype(np.int64))
     data = {"features": {k: v[:n] for k, v in data["features"].items()}, "images": data["images"][:n],
             "masks": data["masks"][:n]}
     probs = probabilities(model, data)
-    labels = crf_refine(data["images"], probs, crf_settings(name, zoo_dir)) if crf else probs.argmax(1).numpy()
+    labels = crf_refine(data["images"], probs, crf_settings(name, zoo_dir)) if crf else labels_of(probs)
     return data["images"], data["masks"], torch.as_tensor(labels)
 
 

@@ -17,7 +17,8 @@ from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, LR, MODELS, PRETRAIN,
                                entry_names, rebuild_command, schedule)
 from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry,
                               pack, read_manifest, unpack)
-from dlcore.zoo.trunk import features, frozen_keys, forward_cached, load, probabilities, start_from_pretrained
+from dlcore.zoo.trunk import (features, frozen_keys, forward_cached, labels_of, load, probabilities,
+                              start_from_pretrained)
 
 def _seeded_model(name: str, seed: int, zoo_dir: Path) -> nn.Module:
     """Zoo model `name`, its fresh layers drawn from `seed`, started from the pre-trained classifier (and, for
@@ -82,7 +83,7 @@ def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[di
 
     def miou(weights):
         model.load_state_dict(weights, strict=False)
-        cm = image_confusions(probabilities(model, data).argmax(1).numpy(), masks, model.num_classes).sum(0)
+        cm = image_confusions(labels_of(probabilities(model, data)), masks, model.num_classes).sum(0)
         return 100 * float(scores_from_confusion(cm)["miou"])
 
     exact = miou(state)
@@ -147,7 +148,7 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
         grid[f"{w1}/{sa}/{sb}"] = round(float(scores_from_confusion(cm)["miou"]), 5)
     best = max(grid, key=grid.get)
     w1, sa, sb = map(float, best.split("/"))
-    none = image_confusions(probs.argmax(1).numpy(), masks, model.num_classes).sum(0)
+    none = image_confusions(labels_of(probs), masks, model.num_classes).sum(0)
     return {"params": {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}, "grid": grid, "heldout_scenes": n_heldout,
             "heldout_miou_without": round(float(scores_from_confusion(none)["miou"]), 5)}
 
@@ -170,7 +171,7 @@ def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
-    out = {"none": image_confusions(probs.argmax(1).numpy(), masks, model.num_classes)}
+    out = {"none": image_confusions(labels_of(probs), masks, model.num_classes)}
     if name in CRF_MODELS:
         params = crf_settings(name, zoo_dir)
         n = schedule(name, "N_CRF")
