@@ -222,7 +222,9 @@ def run_all(smoke: bool = False, only: str | None = None, device: str = "auto", 
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from dlcore.crf.threads import available_cores  # the one count of the cores this process may run on
+
+    return available_cores()
 
 
 def default_jobs() -> int:
