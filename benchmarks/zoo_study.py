@@ -1,11 +1,17 @@
 """The zoo's schedule study: learning curves of one zoo head under several recipes, on the selection scenes.
 
-    python benchmarks/zoo_study.py --runs lr0.03-n1000 lr0.03-n4000 ...   (names below; results appended to --out)
+    python benchmarks/zoo_study.py --runs lr0.03-n4000-bf16 lr0.1-n4000-bf16 ...   (results added to --out)
+    python benchmarks/zoo_study.py --model deeplab-v2-resnet101-aspp-l --runs lr0.03-n4000-bf16
 
-Each run trains zoo model --model (default deeplab-v1-largefov) on the cached frozen trunk, as the zoo does,
-with one recipe change, and evaluates val mean IoU (no CRF) on `--select` selection scenes every `--every` steps.
-Selection scenes are SyntheticScenes("val", seed=0)[0:N]: the scenes every decision is made on; the zoo's test
-scenes are another draw, never read here. One thread, bf16 autocast or fp32 (the run's name says which).
+A run's name is its recipe change from the zoo's (lr, n = training scenes, b = batch, s = steps, seed, bf16 =
+bf16 autocast; e.g. lr0.1-n4000-b16-s3000-bf16). Each run trains zoo model --model exactly as `zoo train` does
+(`dlcore.zoo.training`: the network's own forward with its frozen stem memoised, `dlcore.train.train`), and
+scores val mean IoU without the CRF on `--select` selection scenes every `--every` steps. Selection scenes are
+SyntheticScenes("val", seed=0)[0:N], the scenes every choice is made on; the zoo's test scenes are never read here.
+A run stopped part-way continues from its checkpoint under build/zoo-study/. One thread (two runs share two cores).
+
+Runs recorded with "loop": "cached features" come from this script's first version (commit c083eab), which
+trained on a cache of the frozen trunk's fp16 features with its own SGD loop: the same recipe, another sample order.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+WORK = Path("build/zoo-study")
+
 
 def parse(run: str) -> dict:
-    """lr0.03-n1000-b8-s6000-bf16 -> {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": True}"""
+    """lr0.03-n1000-b8-s6000-bf16 -> {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": True, "seed": 0}"""
     cfg = {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": False, "seed": 0}
     for part in run.split("-"):
         if part == "bf16":
@@ -28,49 +36,43 @@ def parse(run: str) -> dict:
             cfg["lr"] = float(part[2:])
         elif part.startswith("seed"):
             cfg["seed"] = int(part[4:])
+        elif part[:1] in ("n", "b", "s") and part[1:].isdigit():
+            cfg[{"n": "n", "b": "batch", "s": "steps"}[part[0]]] = int(part[1:])
         else:
-            key = {"n": "n", "b": "batch", "s": "steps"}[part[0]]
-            cfg[key] = int(part[1:])
+            raise SystemExit(f"zoo_study: cannot read {part!r} of run {run!r} (lr0.03, n4000, b8, s6000, seed1, bf16)")
     return cfg
 
 
-def curve(model_name: str, cfg: dict, select: int, every: int, log) -> list:
+def curve(model_name: str, run: str, select: int, every: int, log) -> list:
+    from dlcore.data import SyntheticScenes
+    from dlcore.io import atomic_write_bytes
     from dlcore.metrics import scores_from_confusion
-    from dlcore.train import param_groups, poly_lr, segmentation_loss
-    from dlcore.zoo import recipe, training, trunk
+    from dlcore.train import train
+    from dlcore.zoo import FULL, ZOO_DIR, image_confusions, labels_of, probabilities, scenes, training
 
-    model = training._seeded_model(model_name, cfg["seed"], recipe.ZOO_DIR)
-    data = trunk.features(model, "train", cfg["n"])
-    sel = trunk.features(model, "val", select)
-    feats, images, masks = data["features"], data["images"], data["masks"]
-    optimizer = torch.optim.SGD(param_groups(model, cfg["lr"]), lr=cfg["lr"], momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(cfg["seed"])
-    steps, batch = cfg["steps"], cfg["batch"]
-    order = torch.cat([torch.randperm(cfg["n"], generator=g) for _ in range(steps * batch // cfg["n"] + 1)])
-    points, t0 = [], time.perf_counter()
+    cfg = parse(run)
+    work = WORK / model_name / run
+    points_file = work / "points.json"
+    points = json.loads(points_file.read_text()) if points_file.is_file() else []
+    model = training._seeded_model(model_name, cfg["seed"], ZOO_DIR)
+    sel = scenes(FULL, "val", select)
+    t0 = time.perf_counter()
 
-    def evaluate(step):
-        labels = trunk.labels_of(trunk.probabilities(model, sel))
-        cm = training.image_confusions(labels, sel["masks"].numpy(), model.num_classes).sum(0)
-        points.append((step, round(100 * float(scores_from_confusion(cm)["miou"]), 2), round(time.perf_counter() - t0)))
+    def evaluate(step, loss):
+        if step % every and step != cfg["steps"]:
+            return
+        labels = labels_of(probabilities(model, sel))
+        cm = image_confusions(labels, sel["masks"].numpy(), model.num_classes).sum(0)
+        points.append([step, round(100 * float(scores_from_confusion(cm)["miou"]), 2), round(time.perf_counter() - t0)])
+        atomic_write_bytes(points_file, json.dumps(points).encode())
         log(f"  step {step}: {points[-1][1]}  ({points[-1][2]} s)")
         model.train()
 
-    model.train()
-    for step in range(steps):
-        if step % every == 0 and step:
-            evaluate(step)
-        idx = order[step * batch:(step + 1) * batch]
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(cfg["lr"], step, steps) * group["lr_mult"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
-            out = trunk.forward_cached(model, {k: v[idx] for k, v in feats.items()}, images[idx])
-        loss = segmentation_loss(out, masks[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    evaluate(steps)
-    return points
+    data = training._Remembered(SyntheticScenes("train", n=cfg["n"], size=FULL.size, seed=0))
+    train(model, data, steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], seed=cfg["seed"], bf16=cfg["bf16"],
+          checkpoint_dir=work, checkpoint_every=every, resume=(work / "last.pt").is_file(), progress=False,
+          on_step=evaluate)
+    return sorted({p[0]: p for p in points}.values())
 
 
 def main() -> None:
@@ -81,17 +83,21 @@ def main() -> None:
     p.add_argument("--every", type=int, default=500)
     p.add_argument("--out", type=Path, default=Path("benchmarks/zoo_study.json"))
     args = p.parse_args()
-    torch.set_num_threads(1)
-    done = json.loads(args.out.read_text()) if args.out.exists() else {}
     for run in args.runs:
-        key = f"{args.model}/{run}"
+        parse(run)  # every name checked before the first hour of training
+    torch.set_num_threads(1)
+    from dlcore.io import atomic_write_bytes
+
+    for run in args.runs:
+        key = f"{args.model}/{run}@train"  # the first version's runs are "{model}/{run}"
+        done = json.loads(args.out.read_text()) if args.out.exists() else {}
         if key in done:
             continue
         print(key, flush=True)
-        pts = curve(args.model, parse(run), args.select, args.every, lambda s: print(s, flush=True))
-        done = json.loads(args.out.read_text()) if args.out.exists() else {}
-        done[key] = {"points": pts, "select": args.select, "date": time.strftime("%Y-%m-%d"), "machine": "2-core AMD EPYC, 1 thread"}
-        from dlcore.io import atomic_write_bytes
+        pts = curve(args.model, run, args.select, args.every, lambda s: print(s, flush=True))
+        done = json.loads(args.out.read_text()) if args.out.exists() else {}  # another run may have added its own
+        done[key] = {"points": pts, "select": args.select, "loop": "dlcore.train", "date": time.strftime("%Y-%m-%d"),
+                     "machine": "2-core AMD EPYC, 1 thread"}
         atomic_write_bytes(args.out, json.dumps(done, indent=1).encode())
 
 

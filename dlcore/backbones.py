@@ -75,6 +75,13 @@ def _init_like_torchvision(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def _stem(backbone: nn.Module, x: torch.Tensor, *args):
+    """`backbone.stem(x, *args)`, or what `backbone.stem_memo` remembers of it: the teaching zoo memoises the frozen
+    lower stages (`dlcore.zoo.memo`), so that a network trained on top of them runs its own forward every step."""
+    memo = getattr(backbone, "stem_memo", None)
+    return backbone.stem(x, *args) if memo is None else memo(backbone.stem, x, *args)
+
+
 # ------------------------------------------------------------------------------------------------- VGG-16
 
 class VGG16(nn.Module):
@@ -85,7 +92,8 @@ class VGG16(nn.Module):
     dilation 2 (padding 2 keeps the map size). Two details are the released Caffe model's: every max-pool is
     3x3 with padding 1, and pool5 keeps that window at stride 1 rather than becoming a dilated pool
     (`dilate_pools=False`). The same surgery, step by step, is notebook 03's first section. `forward(x, return_pools=True)` also returns the outputs of pool1..pool5
-    (FCN's skips and DeepLab v1's MSc read them).
+    (FCN's skips and DeepLab v1's MSc read them);
+    `stem` and `top` split it at pool4, where the teaching zoo's frozen part ends.
 
     `batch_norm=True` uses torchvision's `vgg16_bn` definition (batch norm after every conv). The papers start
     from ImageNet weights; a plain 16-layer VGG trained from scratch on a CPU barely leaves the background class
@@ -115,13 +123,26 @@ class VGG16(nn.Module):
         self.out_channels = scaled(512, width)
         self.pool_channels = [scaled(c, width) for c in (64, 128, 256, 512, 512)]
 
-    def forward(self, x: torch.Tensor, return_pools: bool = False):
+    def stem(self, x: torch.Tensor, return_pools: bool = False):
+        """conv1_1 .. pool4: the lower stages (the teaching zoo keeps them frozen) -> (pool4, [pool1..pool4] or [])."""
+        return self._run(x, 0, self.pool_indices[3] + 1, return_pools)
+
+    def top(self, low, return_pools: bool = False):
+        """conv5_1 .. pool5 on what `stem` returned: `forward`'s result."""
+        x, pools = low
+        x, more = self._run(x, self.pool_indices[3] + 1, len(self.features), return_pools)
+        return (x, [*pools, *more]) if return_pools else x
+
+    def _run(self, x: torch.Tensor, start: int, stop: int, keep_pools: bool):
         pools = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.pool_indices:
+        for i in range(start, stop):
+            x = self.features[i](x)
+            if keep_pools and i in self.pool_indices:
                 pools.append(x)
-        return (x, pools) if return_pools else x
+        return x, pools
+
+    def forward(self, x: torch.Tensor, return_pools: bool = False):
+        return self.top(_stem(self, x, return_pools), return_pools)
 
 
 # ---------------------------------------------------------------------------------------------- ResNet-101
@@ -186,10 +207,13 @@ class ResNet101(nn.Module):
                     m.eval()
         return self
 
-    def low_level(self, x: torch.Tensor) -> torch.Tensor:
-        """The stem and layer1..layer3: what the teaching zoo keeps frozen (it trains layer4 and the head)."""
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 and layer1..layer3: the lower stages (the teaching zoo keeps them frozen, and trains layer4)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))
 
+    def top(self, low: torch.Tensor) -> torch.Tensor:
+        return self.layer4(low)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.low_level(x))
+        return self.top(_stem(self, x))

@@ -25,9 +25,8 @@ The scenes come from their own random stream (`PRETRAIN_SEED`), never the zoo's 
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +39,7 @@ PRETRAIN_SEED = 1000  # the scenes' stream: far from the zoo's seeds 0, 1, 2
 
 
 class SceneLabels(torch.utils.data.Dataset):
-    """(image uint8 [3,224,224], labels float [C] in {0,1}): which classes appear in a SyntheticScenes scene."""
+    """(image uint8 [3,224,224], labels float [C] in {0,1}, mask): which classes appear in a SyntheticScenes scene."""
 
     def __init__(self, n: int, *, size: int = CROP, seed: int = PRETRAIN_SEED, split: str = "train"):
         from dlcore.data import SyntheticScenes
@@ -53,8 +52,7 @@ class SceneLabels(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         image, mask = self.scenes[i]
-        counts = torch.bincount(mask[mask != 255].flatten(), minlength=self.num_classes)[: self.num_classes]
-        return image, (counts >= MIN_FRACTION * counts.sum()).float(), mask
+        return image, presence(mask[None], self.num_classes)[0], mask
 
 
 class VGGClassifier(nn.Module):
@@ -70,16 +68,13 @@ class VGGClassifier(nn.Module):
         self.probe = nn.Conv2d(self.backbone.pool_channels[3], num_classes, 1)
 
     def forward(self, x):
-        return self.forward_with_probe(x)[0]
-
-    def forward_with_probe(self, x):
-        """(class logits [B,C], the probe's pixel logits [B,C,H/16,W/16] on pool4)."""
+        """Class logits [B,C]; in train mode (class logits, the probe's pixel logits [B,C,H/16,W/16] on pool4)."""
         if tuple(x.shape[-2:]) != (CROP, CROP):
             raise ValueError(f"the classifier reads {CROP} x {CROP} images (a 7 x 7 pool5), got {tuple(x.shape[-2:])}")
         pool5, pools = self.backbone(x, return_pools=True)
         x = F.dropout(F.relu(self.fc6(pool5.flatten(1))), 0.5, self.training)
         x = F.dropout(F.relu(self.fc7(x)), 0.5, self.training)
-        return self.fc8(x), self.probe(pools[3])
+        return (self.fc8(x), self.probe(pools[3])) if self.training else self.fc8(x)
 
 
 class ResNetClassifier(nn.Module):
@@ -92,51 +87,55 @@ class ResNetClassifier(nn.Module):
         self.probe = nn.Conv2d(scaled(1024, width), num_classes, 1)
 
     def forward(self, x):
-        return self.forward_with_probe(x)[0]
-
-    def forward_with_probe(self, x):
-        """(class logits [B,C], the probe's pixel logits [B,C,H/16,W/16] on layer3)."""
-        low = self.backbone.low_level(x)
-        return self.fc(self.backbone.layer4(low).mean((2, 3))), self.probe(low)
+        """Class logits [B,C]; in train mode (class logits, the probe's pixel logits [B,C,H/16,W/16] on layer3)."""
+        low = self.backbone.stem(x)
+        logits = self.fc(self.backbone.layer4(low).mean((2, 3)))
+        return (logits, self.probe(low)) if self.training else logits
 
 
 CLASSIFIERS = {"vgg16": VGGClassifier, "resnet101": ResNetClassifier}
 
 
-def pretrain(arch: str, *, width: float, steps: int, batch_size: int = 16, lr: float = 0.02, n_images: int = 8192,
-             seed: int = 0, progress: bool = True) -> dict:
-    """Train a `CLASSIFIERS[arch]` on `SceneLabels` with SGD (momentum 0.9, weight decay 5e-4, poly lr, random
-    horizontal flips); returns {"model", "seconds", "loss", "accuracy" (per-label, on 512 held-out scenes)}."""
-    from tqdm.auto import tqdm
+def presence(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float [B,C] in {0,1}: which classes cover at least MIN_FRACTION of each mask's valid pixels."""
+    out = []
+    for mask in masks:
+        counts = torch.bincount(mask[mask != 255].flatten(), minlength=num_classes)[:num_classes]
+        out.append((counts >= MIN_FRACTION * counts.sum()).float())
+    return torch.stack(out)
 
-    from dlcore.data.transforms import normalize
-    from dlcore.train import poly_lr
+
+def classifier_loss(outputs, masks: torch.Tensor) -> torch.Tensor:
+    """The stand-in's loss: one sigmoid per class on the image-level labels, plus the probe's pixel labels."""
+    logits, probe = outputs
+    probe = F.interpolate(probe.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    return (F.binary_cross_entropy_with_logits(logits.float(), presence(masks, logits.shape[1]))
+            + F.cross_entropy(probe, masks, ignore_index=255))
+
+
+def _flip(image, mask):
+    """Random horizontal flip (ImageNet's training augmentation), drawn from the item's own seed (dlcore.train)."""
+    return (image.flip(-1), mask.flip(-1)) if float(torch.rand(())) < 0.5 else (image, mask)
+
+
+def pretrain(arch: str, *, width: float, steps: int, batch_size: int = 16, lr: float = 0.02, n_images: int = 8192,
+             seed: int = 0, device="cpu", checkpoint_dir=None, checkpoint_every: int = 0, progress: bool = True) -> dict:
+    """Train a `CLASSIFIERS[arch]` on SyntheticScenes' image-level labels through `dlcore.train.train` (SGD, momentum
+    0.9, weight decay 5e-4, poly lr, random horizontal flips; checkpoints in `checkpoint_dir`, resumed when one is
+    there); returns {"model", "seconds", "loss", "accuracy" (per-label, on 512 held-out scenes)}."""
+    from dlcore.data import SyntheticScenes
+    from dlcore.train import train
 
     torch.manual_seed(seed)
-    data = SceneLabels(n_images)
-    model = CLASSIFIERS[arch](width, data.num_classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=g)
-    start, losses = time.perf_counter(), []
-    model.train()
-    for step in tqdm(range(steps), desc=f"pre-train {arch}", disable=not progress):
-        idx = [int(order[(step * batch_size + j) % len(data)]) for j in range(batch_size)]
-        images, labels, masks = map(torch.stack, zip(*(data[i] for i in idx)))
-        flip = torch.rand(batch_size, generator=g) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        masks = torch.where(flip[:, None, None], masks.flip(-1), masks)
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(lr, step, steps)
-        logits, probe = model.forward_with_probe(normalize(images))
-        probe = F.interpolate(probe, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.binary_cross_entropy_with_logits(logits, labels) + F.cross_entropy(probe, masks, ignore_index=255)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - start
-    return {"model": model.eval(), "seconds": seconds, "loss": float(np.mean(losses[-20:])),
+    scenes = SyntheticScenes("train", n=n_images, size=CROP, seed=PRETRAIN_SEED)
+    model = CLASSIFIERS[arch](width, scenes.num_classes)
+    resume = checkpoint_dir is not None and (Path(checkpoint_dir) / "last.pt").is_file()
+    result = train(model, scenes, steps=steps, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                   transform=_flip, loss=classifier_loss, checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                   meta={"pretrain": arch, "n_images": n_images})
+    model = model.cpu().eval()
+    return {"model": model, "seconds": None if resume else round(result["seconds"], 1), "loss": result["loss"],
             "accuracy": label_accuracy(model, SceneLabels(512, split="val"))}
 
 

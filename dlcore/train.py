@@ -10,7 +10,8 @@ Training (FCN Sec. 4.3, DeepLab v1 Sec. 5, DeepLab v2 Sec. 4.1):
 - a model that returns a list (DeepLab v2 MSC in train mode: [fused, scale_1, scale_0.75, ...]) gets one loss
   per output, summed (not in the paper's text: v2 Sec. 3.2 only fuses the scales by max "both during
   training and testing");
-- bf16 autocast on CUDA (no loss scaling needed with bf16's range), fp32 on CPU.
+- bf16 autocast on CUDA (no loss scaling needed with bf16's range), fp32 on CPU unless `bf16=True` (the teaching
+  zoo's CPU runs: 1.4-1.5x per step on an AMD EPYC with AVX-512 BF16, benchmarks/RESULTS.md).
 
 The data stream is a pure function of (seed, step): the sample order of epoch e is a torch.Generator
 permutation seeded from (seed, e), and each item's random augmentation runs under a seed derived from
@@ -46,7 +47,8 @@ __all__ = ["train", "poly_lr", "segmentation_loss", "param_groups", "StepSampler
 IGNORE_INDEX = 255
 CLASSIFIER_LR_MULT = 10.0
 # What a resumed run must share with the checkpoint: changing any of these changes the trajectory.
-SCHEDULE_KEYS = ("steps", "lr", "power", "momentum", "weight_decay", "batch_size", "seed")
+SCHEDULE_KEYS = ("steps", "lr", "power", "momentum", "weight_decay", "batch_size", "seed", "bf16")
+_RECORDED_LATER = {"bf16"}  # keys older checkpoints lack: there they had the value the device implies
 
 
 def poly_lr(lr: float, step: int, steps: int, power: float = 0.9) -> float:
@@ -231,8 +233,8 @@ def _check_train_args(dataset, steps, batch_size, lr, power, checkpoint_dir, che
 def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module) -> dict:
     state = load_checkpoint(path)
     saved = state.get("schedule") or {}
-    changed = [f"{k}: checkpoint {saved.get(k)!r}, now {schedule[k]!r}" for k in SCHEDULE_KEYS
-               if saved.get(k) != schedule[k]]
+    recorded = {k: saved.get(k, schedule[k] if k in _RECORDED_LATER else None) for k in SCHEDULE_KEYS}
+    changed = [f"{k}: checkpoint {recorded[k]!r}, now {schedule[k]!r}" for k in SCHEDULE_KEYS if recorded[k] != schedule[k]]
     if changed:
         raise ValueError(f"cannot resume {path} with a different schedule ({'; '.join(changed)}); "
                          "use the run's original settings, or another checkpoint dir for a new run")
@@ -261,14 +263,17 @@ def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module) -> d
 def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: float = 1e-2, momentum: float = 0.9,
           weight_decay: float = 5e-4, power: float = 0.9, device="cpu", normalize: str = "imagenet",
           checkpoint_dir=None, checkpoint_every: int = 0, resume: bool = False, seed: int = 0, num_workers: int = 0,
-          progress: bool = True, transform=None, meta: dict | None = None, on_step=None) -> dict:
+          progress: bool = True, transform=None, meta: dict | None = None, on_step=None, bf16: bool | None = None,
+          loss=segmentation_loss) -> dict:
     """Train `model` in place on `dataset` (items (uint8 [3,H,W], int64 [H,W])) for `steps` SGD steps.
 
     The recipe is in the module docstring. batch_size is the global batch (split over DDP processes).
     checkpoint_dir/last.pt is written every `checkpoint_every` steps and at the end (rank 0, atomically);
     resume=True continues from it and ends with the weights the uninterrupted run would have had (a changed
     schedule or model is a ValueError). `transform(image, mask)` is applied per item (e.g. train_transform()).
-    `on_step(step, loss)` is called after each finished step (step counts from 1). Returns {"step", "steps",
+    `on_step(step, loss)` is called after each finished step (step counts from 1). bf16: autocast the forward
+    (default: on CUDA only). `loss(outputs, masks)` replaces the segmentation loss (the stand-in pre-training's
+    classifier trains through this loop too). Returns {"step", "steps",
     "loss" (last step's), "losses" (this call's), "lr", "checkpoint", "seconds", "images_per_s", "resumed_from"}.
     """
     device = resolve_device(device)
@@ -283,7 +288,8 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
                       checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
                       checkpoint_every=int(checkpoint_every), resume=resume, seed=int(seed),
                       num_workers=num_workers, progress=progress and rank == 0, transform=transform, meta=meta,
-                      on_step=on_step, rank=rank, world=world)
+                      on_step=on_step, rank=rank, world=world, bf16=device.type == "cuda" if bf16 is None else bool(bf16),
+                      loss_fn=loss)
     finally:
         if created:
             import torch.distributed as dist
@@ -293,13 +299,13 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
 
 def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, power, device, normalize,
            checkpoint_dir, checkpoint_every, resume, seed, num_workers, progress, transform, meta, on_step,
-           rank, world) -> dict:
+           rank, world, bf16, loss_fn) -> dict:
     from tqdm.auto import tqdm
 
     model.to(device).train()
     meta = checkpoint_meta(model, meta, normalize)
     schedule = dict(steps=steps, lr=lr, power=power, momentum=momentum, weight_decay=weight_decay,
-                    batch_size=batch_size, seed=seed)
+                    batch_size=batch_size, seed=seed, bf16=bf16)
     optimizer = torch.optim.SGD(param_groups(model, lr), lr=lr, momentum=momentum, weight_decay=weight_decay)
     path = None if checkpoint_dir is None else checkpoint_dir / "last.pt"
     start = 0
@@ -330,7 +336,6 @@ def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, pow
     loader = DataLoader(_Items(dataset, transform), batch_sampler=sampler, collate_fn=_collate,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(_mix(seed, "workers")))
-    cuda = device.type == "cuda"
     losses, loss_value, lr_t = [], None, poly_lr(lr, start, steps, power)
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=meta.get("name") or "train", dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -341,9 +346,9 @@ def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, pow
             group["lr"] = lr_t * group.get("lr_mult", 1.0)
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             outputs = net(normalize_images(images, mode=normalize))
-        loss = segmentation_loss(outputs, masks)
+        loss = loss_fn(outputs, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

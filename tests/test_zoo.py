@@ -1,4 +1,5 @@
-"""The teaching zoo: the cached-feature path equals the full network, the files are checked, the command resumes."""
+"""The teaching zoo: the memoised stem gives the network's own output, the files are checked, training resumes to
+the step, and a zoo carries its schedule."""
 
 import json
 import subprocess
@@ -22,27 +23,27 @@ def tiny_zoo(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def tiny(monkeypatch):
-    """The tiny schedule in this process, undone after the test (the module's constants are the schedule)."""
-    for k, v in zoo.TINY.items():
-        if k != "PRETRAIN_STEPS":
-            monkeypatch.setattr(zoo.recipe, k, v)
-    for arch, recipe in zoo.PRETRAIN.items():
-        monkeypatch.setitem(zoo.PRETRAIN, arch, {**recipe, "steps": 2, "n_images": 8, "batch_size": 2})
-
-
 @pytest.mark.parametrize("name", list(zoo.MODELS))
-def test_cached_features_give_the_full_networks_output(name):
-    """forward_cached(trunk_features(x)) == model(x): training on the cache trains the network the notebooks run."""
+def test_memoised_stem_gives_the_networks_own_output(name):
+    """A zoo network with its frozen stem memoised returns what the plain network returns, in train mode too (the
+    stem's batch norm stays frozen), for images seen before and new ones in one batch; the memo keeps each once."""
     torch.manual_seed(0)
     model = zoo.build(name).eval()
-    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    x = normalize(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
     with torch.no_grad():
-        full = model(normalize(images))
-        cached = zoo.forward_cached(model, zoo.trunk_features(model, images, dtype=torch.float32), images)
-    assert cached.shape == full.shape
-    assert torch.allclose(cached, full, rtol=1e-4, atol=1e-4 * full.abs().max().item()), (cached - full).abs().max()
+        plain = model(x)
+        zoo.memo.attach(model)
+        model(x[:2])
+        memoised = model(x)
+    assert memoised.shape == plain.shape
+    assert torch.allclose(memoised, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item()), (memoised - plain).abs().max()
+    scales = len(getattr(model, "scales", (1,)))
+    assert len(model.backbone.stem_memo) == 3 * scales
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.train()
+    model(x)
+    frozen = zoo.frozen_keys(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items() if k in frozen)
 
 
 def test_pack_roundtrip_int8_is_close_and_fp16_exact_enough():
@@ -54,18 +55,20 @@ def test_pack_roundtrip_int8_is_close_and_fp16_exact_enough():
     assert torch.allclose(zoo.unpack(zoo.pack(state))["fc6.weight"], w, atol=1e-2)
 
 
-def test_tiny_zoo_loads_every_model(tiny_zoo, tiny):
+def test_tiny_zoo_loads_every_model(tiny_zoo):
     manifest = json.loads((tiny_zoo / "manifest.json").read_text())
-    assert set(manifest["entries"]) == set(zoo.entry_names())
+    assert manifest["schedule"] == "tiny" and zoo.schedule_of(tiny_zoo) == zoo.TINY
+    assert set(manifest["entries"]) == set(zoo.entry_names(zoo.TINY))
     for entry, info in manifest["entries"].items():
-        for key in ("sha256", "recipe", "command", "machine", "train_seconds"):
+        for key in ("sha256", "recipe", "command", "machine", "train_seconds", "schedule"):
             assert key in info, (entry, key)
+    assert not (tiny_zoo / "partial").exists() or not list((tiny_zoo / "partial").iterdir())
     for name in zoo.CRF_MODELS:
         assert set(manifest["crf"][name]["params"]) == {"w1", "sigma_alpha", "sigma_beta"}
     model = zoo.load("fcn8s", 1, tiny_zoo)
     assert not model.training
     rec = zoo.recorded("deeplab-v1-largefov", 0, tiny_zoo)
-    assert rec["none"].shape == (zoo.N_VAL, 11, 11) and rec["crf"].shape == (zoo.N_CRF, 11, 11)
+    assert rec["none"].shape == (zoo.TINY.n_test, 11, 11) and rec["crf"].shape == (zoo.TINY.n_crf, 11, 11)
 
 
 def _copy(src, dst):
@@ -76,7 +79,7 @@ def _copy(src, dst):
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "altered", "other_model", "not_in_manifest"])
-def test_bad_zoo_files_name_the_file_and_the_rebuild_command(tiny_zoo, tmp_path, damage, tiny):
+def test_bad_zoo_files_name_the_file_and_the_rebuild_command(tiny_zoo, tmp_path, damage):
     d = _copy(tiny_zoo, tmp_path / "z")
     target = d / "deeplab-v1-largefov-s0.pt"
     if damage == "missing":
@@ -116,7 +119,7 @@ def test_tiny_schedule_refuses_the_shipped_zoo():
     assert run.returncode == 2 and "--zoo-dir" in run.stderr
 
 
-def test_interrupted_write_leaves_nothing_and_the_rerun_resumes(tiny_zoo, tmp_path, monkeypatch, tiny):
+def test_interrupted_write_leaves_nothing_and_the_rerun_resumes(tiny_zoo, tmp_path, monkeypatch):
     d = _copy(tiny_zoo, tmp_path / "z")
     (d / "deeplab-v1-7x7-s1.pt").unlink()
     (d / "scores" / "fcn8s-s1.npz").unlink()
@@ -139,7 +142,7 @@ def test_interrupted_write_leaves_nothing_and_the_rerun_resumes(tiny_zoo, tmp_pa
     assert zoo.train_all(zoo_dir=d, progress=False, log=lambda *_: None) == []
 
 
-def test_a_run_stopped_before_the_scores_keeps_the_weights(tiny_zoo, tmp_path, monkeypatch, tiny):
+def test_a_run_stopped_before_the_scores_keeps_the_weights(tiny_zoo, tmp_path, monkeypatch):
     """Weights saved, scores (and seed 0's CRF search) not yet: `zoo train` records them without training again; a
     later seed whose CRF settings need an untrained seed 0 says so, naming both commands."""
     d = _copy(tiny_zoo, tmp_path / "z")
@@ -171,10 +174,10 @@ def test_shipped_zoo_is_intact_and_within_budget():
     assert sizes <= 40e6, f"the zoo holds {sizes / 1e6:.1f} MB; the budget is 40 MB"
 
 
-def test_branch_labels_fused_map_is_the_models_own_prediction(tiny_zoo, tiny):
+def test_branch_labels_fused_map_is_the_models_own_prediction(tiny_zoo):
     """Notebook 07's per-scale measurement of MSC reads the same network: its fused map is the model's output."""
     model = zoo.load("deeplab-v2-resnet101-largefov-msc", 0, tiny_zoo)
-    data = zoo.features(model, "val", zoo.N_VAL, zoo_dir=tiny_zoo)
+    data = zoo.test_scenes(tiny_zoo)
     labels = zoo.branch_labels(model, data)
     assert set(labels) == {f"scale {s}" for s in model.scales} | {"fused (max)"}
     np.testing.assert_array_equal(labels["fused (max)"], zoo.probabilities(model, data).argmax(1).numpy())
@@ -186,10 +189,112 @@ def test_labels_of_is_argmax_over_the_classes_ties_included():
     assert np.array_equal(zoo.trunk.labels_of(probs), probs.argmax(1).numpy())
 
 
-def test_predictions_reuse_what_evaluate_computed(tiny_zoo, tiny, monkeypatch):
+def test_predictions_reuse_what_evaluate_computed(tiny_zoo, monkeypatch):
     name = "deeplab-v1-largefov"
-    fresh = zoo.predictions(name, 0, zoo.N_VAL, zoo_dir=tiny_zoo)[2]
+    fresh = zoo.predictions(name, 0, zoo.TINY.n_test, zoo_dir=tiny_zoo)[2]
     zoo.evaluate(name, seeds=[0], zoo_dir=tiny_zoo, check_crf=0)
     monkeypatch.setattr(zoo.evidence, "probabilities", lambda *a, **k: pytest.fail("ran the network again"))
     images, masks, kept = zoo.predictions(name, 0, 2, zoo_dir=tiny_zoo)
     assert kept.dtype == torch.int64 and torch.equal(kept, fresh[:2]) and len(images) == len(masks) == 2
+
+
+def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_path, monkeypatch):
+    """A model's training killed part-way leaves its checkpoint in zoo/partial/, `zoo list` shows the step, and the
+    next `zoo train` continues from it to the very weights of an uninterrupted run; the checkpoint then goes."""
+    import dataclasses
+
+    from dlcore.cli.zoo import _state
+
+    longer = dataclasses.replace(zoo.TINY, steps=4, checkpoint_every=1)
+    monkeypatch.setitem(zoo.SCHEDULES, "tiny", longer)
+    entry, name = "deeplab-v1-largefov-s0", "deeplab-v1-largefov"
+    whole = _copy(tiny_zoo, tmp_path / "whole")
+    zoo.train_model(name, 0, zoo_dir=whole, progress=False)
+    stopped = _copy(tiny_zoo, tmp_path / "stopped")
+    (stopped / f"{entry}.pt").unlink()  # missing: `zoo list` reads its state from the checkpoint
+    real_step = torch.optim.SGD.step
+    calls = []
+
+    def killed_at_3(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_model(name, 0, zoo_dir=stopped, progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    assert _state(entry, stopped) == "partial (2/4 steps)" and zoo.partial_step(entry, stopped) == (2, 4)
+    zoo.train_model(name, 0, zoo_dir=stopped, progress=False)
+    assert not (stopped / "partial" / entry).exists()
+    a, b = zoo.load_entry(entry, whole), zoo.load_entry(entry, stopped)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_zoo_never_mixes_two_schedules(tiny_zoo, tmp_path):
+    """A tiny zoo is refused as a full one (its entries would count as complete), and the other way round."""
+    d = _copy(tiny_zoo, tmp_path / "z")
+    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--zoo-dir", str(d)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "'tiny' schedule" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    with pytest.raises(zoo.ZooError, match="'full' schedule"):
+        zoo.claim_schedule(zoo.ZOO_DIR, zoo.TINY)
+
+
+@pytest.mark.parametrize("damage", ["no_entries", "entries_list", "folder", "outside_file"])
+def test_a_damaged_manifest_is_named_with_its_fix(tiny_zoo, tmp_path, damage):
+    d = _copy(tiny_zoo, tmp_path / "z")
+    m = json.loads((d / "manifest.json").read_text())
+    if damage == "folder":
+        (d / "manifest.json").unlink()
+        (d / "manifest.json").mkdir()
+    else:
+        if damage == "no_entries":
+            del m["entries"]
+        elif damage == "entries_list":
+            m["entries"] = list(m["entries"])
+        else:
+            m["entries"]["fcn8s-s0"]["file"] = "../../outside.pt"
+        (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(zoo.ZooError, match="manifest") as e:
+        zoo.load("fcn8s", 0, d)
+    assert "git checkout" in str(e.value) or "zoo train" in str(e.value)
+
+
+def test_a_claim_holds_only_with_the_papers_sign_and_a_gap_above_the_seed_spread():
+    from dlcore.zoo.claims import Claim, verdict_of
+
+    above, below = Claim("a > b", "Table 3", +1.5), Claim("a < b", "Table 3", -0.8)
+    a, b = [60.0, 61.0, 62.0], [57.0, 58.0, 59.0]  # gap +3, sd 1
+    assert verdict_of(above, np.array(a), np.array(b))["holds"]
+    assert not verdict_of(below, np.array(a), np.array(b))["holds"]  # the measured gap has the other sign
+    assert verdict_of(below, np.array(b), np.array(a))["holds"]
+    assert not verdict_of(above, np.array(a), np.array([59.5, 60.5, 61.5]))["holds"]  # gap 0.5 < sd 1
+    one = verdict_of(above, np.array([70.0]), np.array([50.0]))
+    assert not one["holds"] and one["verdict"] == "too few seeds"
+    near = Claim("a within 1 of b", "Table 2", -0.3, within=1.0)
+    assert verdict_of(near, np.array(a), np.array(a) + 1.5)["holds"]  # |gap| 1.5 <= 1 + sd 1
+    assert not verdict_of(near, np.array(a), np.array(a) + 2.5)["holds"]
+
+
+def test_a_ledger_in_full_mode_fails_on_missing_models_and_checks_both_kinds():
+    from dlcore.zoo.claims import Claim, Ledger
+
+    wanted = {"A": "deeplab-v2-vgg-aspp-l", "B": "deeplab-v1-largefov"}
+    full = Ledger(wanted, {"B": wanted["B"]}, smoke=False)
+    with pytest.raises(zoo.ZooError, match="zoo train --only deeplab-v2-vgg-aspp-l"):
+        full.measure(Claim("A > B", "Table 3", 1.0), lambda: [1, 2], lambda: [0, 1], needs=("A", "B"))
+    smoke = Ledger(wanted, {"B": wanted["B"]}, smoke=True)
+    assert smoke.measure(Claim("A > B", "Table 3", 1.0), lambda: pytest.fail("measured"), list, needs=("A", "B")) == {}
+    ledger = Ledger(wanted, wanted, smoke=False)
+    ledger.measure(Claim("A > B", "Table 3", 1.0), lambda: [60, 61, 62], lambda: [50, 51, 52], needs=("A", "B"))
+    ledger.measure(Claim("B > A", "Table 3", 1.0), lambda: [50, 51, 52], lambda: [60, 61, 62], needs=("A", "B"))
+    ledger.check(not_reproduced=["B > A"])
+    with pytest.raises(AssertionError, match="now reproduced"):
+        ledger.check(not_reproduced=["A > B", "B > A"])
+    with pytest.raises(AssertionError, match="does not hold"):
+        ledger.check(not_reproduced=[])
+    with pytest.raises(AssertionError, match="never measured"):
+        ledger.check(not_reproduced=["B > A", "C > D"])
+    assert [r["verdict"] for r in ledger.rows()] == ["holds", "NOT reproduced"]

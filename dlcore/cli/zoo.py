@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlcore.zoo.recipe import ZOO_DIR, entry_names, use_tiny_schedule
-from dlcore.zoo.store import _ok, read_manifest
-from dlcore.zoo.training import train_all
+from dlcore.zoo.recipe import SCHEDULES, ZOO_DIR, entry_names
+
 
 def add_zoo_arguments(p) -> None:
     sub = p.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
@@ -14,38 +13,55 @@ def add_zoo_arguments(p) -> None:
     t.add_argument("--only", nargs="+", metavar="NAME", help="retrain these entries (or every seed of a model)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--zoo-dir", default=str(ZOO_DIR), help=f"where the zoo lives (default {ZOO_DIR})")
-    t.add_argument("--schedule", choices=("full", "tiny"), default="full",
+    t.add_argument("--schedule", choices=tuple(SCHEDULES), default="full",
                    help="tiny: every code path in seconds, numbers meaningless (needs another --zoo-dir)")
     from dlcore.cli.common import add_debug_argument
 
     add_debug_argument(t)
-    ls = sub.add_parser("list", help="every zoo entry with its state (ok, missing, altered)")
+    ls = sub.add_parser("list", help="every zoo entry with its state (ok, partial with its step, missing, altered)")
     ls.add_argument("--zoo-dir", default=str(ZOO_DIR), help=f"where the zoo lives (default {ZOO_DIR})")
+
+
+def _state(entry: str, zoo_dir: Path) -> str:
+    from dlcore.zoo.store import _complete, _ok, partial_step
+
+    if _complete(entry, zoo_dir):
+        return "ok"
+    part = partial_step(entry, zoo_dir)
+    if part is not None:
+        return "partial (damaged checkpoint)" if part[0] < 0 else f"partial ({part[0]}/{part[1]} steps)"
+    return "trained, scores missing" if _ok(entry, zoo_dir) else "missing or altered"
 
 
 def run_zoo(args) -> int:
     from dlcore import resolve_device
     from dlcore.cli.common import command_error
     from dlcore.io import check_output_dir
+    from dlcore.zoo.store import claim_schedule, read_manifest, schedule_of
+    from dlcore.zoo.training import train_all
 
     zoo_dir = Path(getattr(args, "zoo_dir", ZOO_DIR))
     try:
         if args.zoo_command == "list":
             if not zoo_dir.is_dir():
                 raise ValueError(f"--zoo-dir {zoo_dir} is not a folder; give the zoo's folder (default {ZOO_DIR})")
-            read_manifest(zoo_dir)  # a damaged manifest is named, not every intact file listed as altered
-            for entry in entry_names():
-                state = "ok" if _ok(entry, zoo_dir) else "missing or altered"
-                print(f"{entry:<40} {state}")
+            schedule = schedule_of(zoo_dir)  # a damaged manifest is named, not every intact file listed as altered
+            print(f"{zoo_dir}: the {schedule.name!r} schedule")
+            for entry in entry_names(schedule):
+                print(f"{entry:<40} {_state(entry, zoo_dir)}")
             return 0
         device = resolve_device(args.device)
         check_output_dir(zoo_dir, "--zoo-dir")  # before any training: a bad folder fails now, not after an hour
         read_manifest(zoo_dir)  # a damaged manifest would make every entry look missing and be retrained
-        if args.schedule == "tiny":
-            if zoo_dir.resolve() == ZOO_DIR.resolve():
-                raise ValueError("--schedule tiny would overwrite the shipped zoo; pass --zoo-dir DIR")
-            use_tiny_schedule()
+        schedule = SCHEDULES[args.schedule]
+        if schedule.name != "full" and zoo_dir.resolve() == ZOO_DIR.resolve():
+            raise ValueError(f"--schedule {schedule.name} would overwrite the shipped zoo; pass --zoo-dir DIR")
+        claim_schedule(zoo_dir, schedule)
         train_all(args.only, force=bool(args.only), device=device, zoo_dir=zoo_dir)
+    except KeyboardInterrupt:
+        print(f"zoo: interrupted; run the same command again to continue from the last checkpoint "
+              f"(`python -m dlcore zoo list --zoo-dir {zoo_dir}` shows each entry's step)", flush=True)
+        return 130
     except (ValueError, OSError, FloatingPointError) as e:
         return command_error("zoo", e, args)
     return 0

@@ -1,7 +1,7 @@
 """The teaching zoo: every network the notebooks compare, trained once by one command and shipped with dlcore.
 
     python -m dlcore zoo train [--only NAME ...] [--device cuda]     (re)build what is missing or altered
-    python -m dlcore zoo list                                        what is shipped, with its checksum state
+    python -m dlcore zoo list                                        each entry: ok, partial (step/steps), missing
 
 Why: a notebook has a few CPU minutes, too few to train the papers' comparisons to the point where they
 show (benchmarks/RESULTS.md). The papers separate the two as well: they start from an ImageNet-trained net
@@ -12,16 +12,18 @@ and then compare heads, strides and skips. So the zoo does it once:
 2. Every model starts from them as the papers start from ImageNet: FCN convolutionalizes fc6/fc7 (Sec. 3.1),
    DeepLab v1/v2 subsample them (v1 Sec. 3.2) into each fc6/fc7 and every ASPP branch; ResNet heads start fresh.
 3. The trunk's lower part stays frozen (the budget of a 2-core CPU; named in every notebook): VGG-16 up to
-   pool4, ResNet-101 up to layer3. Its features are computed once per image set (and per scale, for MSC) and
-   cached; the last block (conv5 / layer4) and the head train, with the papers' recipe: SGD, momentum 0.9,
-   weight decay 5e-4, poly lr, 10x lr on the class-score layers. FCN keeps fc6 as convolutionalized (conv5,
-   fc7 and the score layers learn) and trains in stages, 32s -> 16s -> 8s (Sec. 4.2). Each model for `SEEDS`
-   (the seed picks the fresh layers' init, the sample order and dropout).
+   pool4, ResNet-101 up to layer3, its output memoised per image (`memo`), so each network runs its own forward
+   and its frozen stages run once per image. The last block (conv5 / layer4) and the head train through
+   `dlcore.train.train` (checkpoints in zoo/partial/, resumed to the step), with the papers' recipe: SGD,
+   momentum 0.9, weight decay 5e-4, poly lr, 10x lr on the class-score layers. FCN keeps fc6 as
+   convolutionalized (conv5, fc7 and the score layers learn) and trains in stages, 32s -> 16s -> 8s (Sec. 4.2).
+   Each model for the schedule's seeds (the seed picks the fresh layers' init, the sample order and dropout).
 4. The CRF's w1, sigma_alpha, sigma_beta are cross-validated per model on held-out scenes (seed 0's model),
    as the papers do (v1 Sec. 5), with w2 = 3, sigma_gamma = 3 fixed.
 
-The package, one part per step: `recipe` (what is trained, on what schedule), `store` (the files and the
-manifest), `trunk` (the pre-trained start and the cached frozen trunk), `training` (step 3 and 4, `train_all`),
+The package, one part per step: `recipe` (what is trained, on what `Schedule`), `store` (the files, the manifest
+and the schedule it names), `trunk` (the pre-trained start, the zoo's scenes), `memo` (the frozen stem remembered
+per image), `training` (step 3 and 4, `train_all`),
 `evidence` (what the notebooks call: scores checked against the records, orderings across seeds, the claims);
 the command is `dlcore.cli.zoo`.
 
@@ -33,28 +35,22 @@ checks the sha256 before reading a file and names the rebuild command when a fil
 from dlcore.zoo import recipe
 from dlcore.zoo.evidence import (at_least, check_claims, compare, evaluate, fmt, for_notebook, miou, over_seeds,
                                  predictions, present, seeds_of, verdict, within)
-from dlcore.zoo.recipe import (CRF_MODELS, MODELS, PRETRAIN, TINY, ZOO_DIR, Spec, ZooError, build, entry_names,
-                               rebuild_command, schedule, use_tiny_schedule)
-from dlcore.zoo.store import crf_settings, load_entry, pack, read_manifest, recorded, unpack
+from dlcore.zoo.memo import StemMemo
+from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, FULL, MODELS, PRETRAIN, SCHEDULES, TINY, WIDTH, ZOO_DIR, Schedule, Spec,
+                               ZooError, build, entry_names, rebuild_command)
+from dlcore.zoo.store import (claim_schedule, crf_settings, load_entry, pack, partial_step, read_manifest, recorded,
+                              schedule_of, unpack)
 from dlcore.zoo.training import (crf_refine, crf_search, image_confusions, record_scores, train_all, train_model,
                                  train_pretrained)
-from dlcore.zoo.trunk import (branch_labels, features, forward_cached, frozen_keys, load, probabilities,
-                              start_from_pretrained, trunk_features)
+from dlcore.zoo.trunk import (branch_labels, frozen_keys, heldout_scenes, labels_of, load, logits, probabilities,
+                              scenes, start_from_pretrained, test_scenes)
 
 __all__ = [
-    "CRF_MODELS", "MODELS", "PRETRAIN", "Spec", "TINY", "ZOO_DIR", "ZooError", "at_least", "branch_labels", "build",
-    "check_claims", "compare", "crf_refine", "crf_search", "crf_settings", "entry_names", "evaluate",
-    "features", "fmt", "for_notebook", "forward_cached", "frozen_keys", "image_confusions", "load",
-    "load_entry", "miou", "over_seeds", "pack", "predictions", "present", "probabilities", "read_manifest",
-    "rebuild_command", "record_scores", "recorded", "schedule", "seeds_of", "start_from_pretrained",
-    "train_all", "train_model", "train_pretrained", "trunk_features", "unpack", "use_tiny_schedule",
-    "verdict", "within",
+    "CRF_ITERATIONS", "CRF_MODELS", "FULL", "MODELS", "PRETRAIN", "SCHEDULES", "Schedule", "Spec", "StemMemo", "TINY", "WIDTH", "ZOO_DIR",
+    "ZooError", "at_least", "branch_labels", "build", "check_claims", "claim_schedule", "compare", "crf_refine",
+    "crf_search", "crf_settings", "entry_names", "evaluate", "fmt", "for_notebook", "frozen_keys", "heldout_scenes",
+    "image_confusions", "labels_of", "load", "load_entry", "logits", "miou", "over_seeds", "pack", "partial_step",
+    "predictions", "present", "probabilities", "read_manifest", "rebuild_command", "record_scores", "recorded",
+    "scenes", "schedule_of", "seeds_of", "start_from_pretrained", "test_scenes", "train_all", "train_model",
+    "train_pretrained", "unpack", "verdict", "within",
 ]
-
-
-def __getattr__(name: str):
-    """The schedule's constants (zoo.SEEDS, zoo.N_VAL, zoo.SIZE, ...), read live from `recipe`: the tiny schedule
-    swaps them there."""
-    if name.isupper() and hasattr(recipe, name):
-        return getattr(recipe, name)
-    raise AttributeError(f"module 'dlcore.zoo' has no attribute {name!r}")

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlcore.zoo import recipe
-from dlcore.zoo.recipe import ZOO_DIR, ZooError, rebuild_command, use_tiny_schedule
-from dlcore.zoo.store import _complete, crf_settings, read_manifest, recorded
-from dlcore.zoo.trunk import features, labels_of, load, probabilities
+from dlcore.zoo.recipe import TINY, ZOO_DIR, ZooError, rebuild_command
+from dlcore.zoo.store import _complete, claim_schedule, crf_settings, read_manifest, recorded, schedule_of
+from dlcore.zoo.trunk import labels_of, load, probabilities, test_scenes
 from dlcore.zoo.training import crf_refine, image_confusions, train_all
 
 # The test scenes' labels (no CRF) that `evaluate` computed, by zoo file and checksum, so that `predictions`
@@ -22,7 +21,7 @@ _LABELS_KEPT = 16  # the most recent ones: 6 MB each at 96 scenes of 256 x 256
 
 def _labels_key(name: str, seed: int, zoo_dir: Path) -> tuple:
     sha = read_manifest(zoo_dir)["entries"].get(f"{name}-s{seed}", {}).get("sha256")
-    return str(Path(zoo_dir).resolve()), name, seed, sha, recipe.N_VAL, recipe.SIZE
+    return str(Path(zoo_dir).resolve()), name, seed, sha, schedule_of(zoo_dir)
 
 
 def _keep_labels(key: tuple, labels: np.ndarray) -> None:
@@ -33,7 +32,7 @@ def _keep_labels(key: tuple, labels: np.ndarray) -> None:
 
 
 def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int = 2) -> dict:
-    """Per seed: per-image confusions on the test scenes, {"none": [N_VAL,C,C], "crf": [N_CRF,C,C] (CRF_MODELS)}.
+    """Per seed: per-image confusions on the test scenes, {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}.
 
     "none" is recomputed here from the shipped weights (seconds), and must equal what `zoo train` recorded;
     "crf" is the record (the CRF on every model and seed takes CPU-minutes), re-checked live on the first
@@ -47,7 +46,7 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
             raise ZooError(f"the zoo holds no seed of {name}; run `{rebuild_command(name)}`")
     for seed in seeds:
         model = load(name, seed, zoo_dir)
-        data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+        data = test_scenes(zoo_dir)
         probs = probabilities(model, data)
         masks = data["masks"].numpy()
         labels = labels_of(probs)
@@ -69,7 +68,7 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
 
 def seeds_of(name: str, zoo_dir: Path = ZOO_DIR) -> list[int]:
     """The seeds of zoo model `name` that are complete in `zoo_dir` (all of SEEDS once `zoo train` finished)."""
-    return [s for s in recipe.SEEDS if _complete(f"{name}-s{s}", Path(zoo_dir))]
+    return [s for s in schedule_of(zoo_dir).seeds if _complete(f"{name}-s{s}", Path(zoo_dir))]
 
 
 def present(models: dict, zoo_dir: Path = ZOO_DIR) -> dict:
@@ -155,12 +154,10 @@ def predictions(name: str, seed: int = 0, n: int = 4, *, crf: bool = False, zoo_
     """(images uint8 [n,3,S,S], masks [n,S,S], labels [n,S,S]) of the first `n` test scenes, for figures;
     crf=True refines them with the model's cross-validated CRF."""
     model = load(name, seed, zoo_dir)  # checks the file against the manifest, also when the labels are kept
-    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    data = test_scenes(zoo_dir, n)
     kept = _LABELS.get(_labels_key(name, seed, zoo_dir))
     if kept is not None and not crf and n <= len(kept):
-        return data["images"][:n], data["masks"][:n], torch.as_tensor(kept[:n].astype(np.int64))
-    data = {"features": {k: v[:n] for k, v in data["features"].items()}, "images": data["images"][:n],
-            "masks": data["masks"][:n]}
+        return data["images"], data["masks"], torch.as_tensor(kept[:n].astype(np.int64))
     probs = probabilities(model, data)
     labels = crf_refine(data["images"], probs, crf_settings(name, zoo_dir)) if crf else labels_of(probs)
     return data["images"], data["masks"], torch.as_tensor(labels)
@@ -173,8 +170,8 @@ def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) ->
     if smoke:
         import tempfile
 
-        use_tiny_schedule()
         retrain, retrain_dir = True, tempfile.mkdtemp(prefix="dlcore-zoo-smoke-")
+        claim_schedule(Path(retrain_dir), TINY)
     if not retrain:
         return Path(zoo_dir)
     train_all(list(models), force=True, zoo_dir=Path(retrain_dir), progress=not smoke, log=lambda *_: None)

@@ -1,7 +1,9 @@
-"""The zoo's recipe: what is trained (MODELS), on what schedule, and the names of its files.
+"""The zoo's recipe: what is trained (MODELS), on what schedule (a `Schedule`, an immutable value), and the names
+of its files.
 
-The schedule is this module's constants; `use_tiny_schedule` swaps them for the tests' seconds-long one, so the
-other zoo modules read them as `recipe.NAME` at call time, never as copies.
+A zoo folder carries its schedule: its manifest names it ("full", or "tiny" for the tests' seconds-long one), and
+every function that reads a zoo reads the schedule from there (`store.schedule_of`), so nothing is swapped at run
+time and a zoo never mixes two schedules.
 """
 
 from __future__ import annotations
@@ -13,33 +15,68 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO_DIR = ROOT / "zoo"
-CACHE_DIR = ROOT / "build" / "cache" / "zoo"
 FORMAT = "dlcore-zoo"
-FEATURES_VERSION = 2  # bump when what `trunk_features` caches changes (the cache on disk is keyed by it)
-
 WIDTH = 0.125  # every channel count x 1/8 (conv5: 64 channels; LargeFOV's fc6: 128; the 7x7 fc6: 512)
-SIZE = 256  # stride-8 score maps of 32 x 32, stride-32 (FCN-32s) maps of 8 x 8
-N_TRAIN = 1000
-N_VAL = 96  # the notebooks' test scenes: SyntheticScenes("val", seed=0)[0:N_VAL]
-N_HELDOUT = 8  # the CRF's cross-validation scenes: val[N_VAL:N_VAL + N_HELDOUT], never scored
-SEEDS = (0, 1, 2)
-STEPS, BATCH, LR = 250, 8, 0.03
-# The VGG-16 DeepLab heads were trained on a shorter schedule when the first zoo's CPU time ran short: 150 steps,
-# CRF cross-validated on 4 held-out scenes and recorded on 16. Kept as their recipe so that `zoo train` rebuilds
-# (and completes) the zoo consistently; each entry's manifest record says which it had.
-SHORT = {"STEPS": 150, "N_HELDOUT": 4, "N_CRF": 16}
-CRF_GRID = {"w1": (3.0, 5.0), "sigma_alpha": (20.0, 40.0, 80.0), "sigma_beta": (4.0,)}
 CRF_ITERATIONS = 10
 
-# A tiny schedule exercises every code path in seconds (the tests, `zoo train --schedule tiny`); it never
-# writes the shipped zoo (it needs --zoo-dir).
-TINY = dict(SIZE=64, N_TRAIN=8, N_VAL=4, N_HELDOUT=2, N_CRF=2, STEPS=2, BATCH=2, SEEDS=(0, 1),
-            CRF_GRID={"w1": (4.0,), "sigma_alpha": (10.0, 20.0), "sigma_beta": (5.0,)}, PRETRAIN_STEPS=2)
 
-PRETRAIN = {  # arch -> dlcore.pretrain.pretrain's arguments (the recipe of the stand-in for ImageNet)
-    "vgg16": dict(width=WIDTH, steps=1200, batch_size=16, lr=0.02, n_images=8192, seed=0),
-    "resnet101": dict(width=WIDTH, steps=1200, batch_size=16, lr=0.02, n_images=8192, seed=0),
+@dataclass(frozen=True)
+class Schedule:
+    """Everything a zoo's numbers depend on besides the models: the scenes, the optimisation, the CRF search.
+
+    Test scenes are SyntheticScenes("val", seed=0)[0:n_test]; the CRF's cross-validation scenes follow them
+    (val[n_test:n_test + n_heldout]) and are never scored. `short` is the shorter schedule some entries of the
+    shipped zoo were trained on (steps, n_heldout, n_crf), recorded so that `zoo train` rebuilds them as they were.
+    """
+
+    name: str
+    size: int  # SIZE x SIZE scenes: stride-8 score maps of SIZE / 8
+    n_train: int
+    n_test: int
+    n_heldout: int
+    n_crf: int  # test scenes refined by the CRF in the zoo's records: val[0:n_crf]
+    seeds: tuple
+    steps: int
+    batch: int
+    lr: float
+    crf_grid: tuple  # ((parameter, values), ...): the cross-validation grid
+    pretrain_steps: int
+    pretrain_images: int
+    pretrain_batch: int
+    short: tuple = ()  # ((key, value), ...) for `Spec.short` entries
+    checkpoint_every: int = 200  # steps between the resumable checkpoints of a model in training
+    bf16: bool = False  # bf16 autocast while training (dlcore.train)
+
+    def value(self, spec: "Spec", key: str):
+        """`key` ("steps", "n_heldout" or "n_crf") for zoo model `spec`: ours, or its short schedule's (its own steps)."""
+        if not (spec.short and self.short):
+            return getattr(self, key)
+        return spec.steps if key == "steps" and spec.steps else dict(self.short)[key]
+
+
+FULL = Schedule("full", size=256, n_train=1000, n_test=96, n_heldout=8, n_crf=32, seeds=(0, 1, 2), steps=250,
+                batch=8, lr=0.03,
+                crf_grid=(("w1", (3.0, 5.0)), ("sigma_alpha", (20.0, 40.0, 80.0)), ("sigma_beta", (4.0,))),
+                pretrain_steps=1200, pretrain_images=8192, pretrain_batch=16,
+                # The VGG-16 DeepLab heads were trained on a shorter schedule when the first zoo's CPU time ran short:
+                # 150 steps, the CRF cross-validated on 4 held-out scenes and recorded on 16.
+                short=(("steps", 150), ("n_heldout", 4), ("n_crf", 16)))
+# Every code path in seconds (the tests, `zoo train --schedule tiny`, the notebooks' smoke runs); never the shipped zoo.
+TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seeds=(0, 1), steps=2, batch=2, lr=0.03,
+                crf_grid=(("w1", (4.0,)), ("sigma_alpha", (10.0, 20.0)), ("sigma_beta", (5.0,))),
+                pretrain_steps=2, pretrain_images=8, pretrain_batch=2, checkpoint_every=1)
+SCHEDULES = {s.name: s for s in (FULL, TINY)}
+
+PRETRAIN = {  # arch -> dlcore.pretrain.pretrain's arguments besides the schedule's steps, images and batch
+    "vgg16": dict(width=WIDTH, lr=0.02, seed=0),
+    "resnet101": dict(width=WIDTH, lr=0.02, seed=0),
 }
+
+
+def pretrain_recipe(arch: str, schedule: Schedule) -> dict:
+    """`dlcore.pretrain.pretrain`'s arguments for `arch` on `schedule` (the stand-in for ImageNet)."""
+    return dict(PRETRAIN[arch], steps=schedule.pretrain_steps, batch_size=schedule.pretrain_batch,
+                n_images=schedule.pretrain_images)
 
 
 @dataclass(frozen=True)
@@ -49,8 +86,8 @@ class Spec:
     model: str
     options: dict = field(default_factory=dict)
     init_from: str | None = None  # the zoo model (same seed) whose weights start this one: FCN's stages
-    short: bool = False  # trained on the SHORT schedule
-    steps: int | None = None  # a schedule study's own step count (else STEPS, or SHORT's)
+    short: bool = False  # trained on the schedule's `short` variant
+    steps: int | None = None  # a schedule study's own step count (else the schedule's, or its short variant's)
 
     @property
     def trunk(self) -> str:
@@ -90,9 +127,9 @@ def rebuild_command(name: str) -> str:
     return f"python -m dlcore zoo train --only {name}"
 
 
-def entry_names() -> list[str]:
-    """Every file of the zoo, in training order: the two pre-trained classifiers, then each model x seed."""
-    return [f"pretrain-{a}" for a in PRETRAIN] + [f"{m}-s{s}" for m in MODELS for s in SEEDS]
+def entry_names(schedule: Schedule = FULL) -> list[str]:
+    """Every file of a zoo, in training order: the two pre-trained classifiers, then each model x seed."""
+    return [f"pretrain-{a}" for a in PRETRAIN] + [f"{m}-s{s}" for m in MODELS for s in schedule.seeds]
 
 
 def _split(entry: str) -> tuple[str, int]:
@@ -104,27 +141,6 @@ CRF_MODELS = ("deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8", "deeplab-
               "deeplab-v1-largefov-msc", "deeplab-v1-4x4-long", "deeplab-v1-largefov-long", "deeplab-v1-largefov-paper",
               "deeplab-v2-vgg-aspp-s", "deeplab-v2-vgg-aspp-l",
               "deeplab-v2-resnet101-aspp-l")
-N_CRF = 32  # test scenes refined by the CRF in the zoo's records: val[0:N_CRF]
-
-
-def schedule(name: str, key: str):
-    """STEPS, N_HELDOUT or N_CRF for zoo model `name` (the SHORT schedule's, unless the tiny one is in force)."""
-    tiny = STEPS == TINY["STEPS"]
-    spec = MODELS[name]
-    if tiny or not spec.short:
-        return globals()[key]
-    return spec.steps if key == "STEPS" and spec.steps else SHORT[key]
-
-
-def use_tiny_schedule() -> None:
-    """Switch this process to the `TINY` schedule (tests and `--schedule tiny`)."""
-    g = globals()
-    for k, v in TINY.items():
-        if k != "PRETRAIN_STEPS":
-            g[k] = v
-    for arch, recipe in PRETRAIN.items():
-        PRETRAIN[arch] = {**recipe, "steps": TINY["PRETRAIN_STEPS"], "n_images": 8, "batch_size": 2}
-
 
 def build(name: str) -> nn.Module:
     """Zoo model `name` (a key of MODELS), untrained, at the zoo's width, 11 SyntheticScenes classes."""

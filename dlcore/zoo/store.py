@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dlcore.io import atomic_write
-from dlcore.zoo.recipe import CRF_MODELS, FORMAT, ZOO_DIR, ZooError, _split, rebuild_command
+from dlcore.zoo.recipe import CRF_MODELS, FORMAT, FULL, SCHEDULES, ZOO_DIR, Schedule, ZooError, _split, rebuild_command
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -27,6 +27,9 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict:
     path = Path(zoo_dir) / "manifest.json"
     if not path.is_file():
         return {"format": FORMAT, "version": 1, "entries": {}, "crf": {}}
+    if path.is_dir():
+        raise ZooError(f"{path} is a folder, not the zoo manifest; remove it, then restore the manifest from git "
+                       f"(`git checkout {path.name}`) or rebuild the zoo with `python -m dlcore zoo train`")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -35,7 +38,30 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ZooError(f"{path} is not a dlcore zoo manifest; restore it from git or rebuild with "
                        f"`python -m dlcore zoo train`")
+    if not isinstance(manifest.get("entries"), dict) or not isinstance(manifest.get("crf", {}), dict):
+        raise ZooError(f"{path} has no 'entries' table (or a damaged one); restore it from git "
+                       f"(`git checkout {path.name}`) or rebuild the zoo with `python -m dlcore zoo train`")
+    if manifest.get("schedule", FULL.name) not in SCHEDULES:
+        raise ZooError(f"{path} names an unknown schedule {manifest.get('schedule')!r} (known: {', '.join(SCHEDULES)}); "
+                       f"restore it from git or rebuild the zoo with `python -m dlcore zoo train`")
     return manifest
+
+
+def schedule_of(zoo_dir: Path = ZOO_DIR) -> Schedule:
+    """The schedule a zoo was trained on, as its manifest names it (the shipped zoo: "full")."""
+    return SCHEDULES[read_manifest(zoo_dir).get("schedule", FULL.name)]
+
+
+def claim_schedule(zoo_dir: Path, schedule: Schedule) -> None:
+    """Make `zoo_dir` a zoo of `schedule`, or refuse when it holds entries trained on another one: a zoo never mixes
+    two schedules (a tiny entry would otherwise count as complete in a full zoo)."""
+    manifest = read_manifest(zoo_dir)
+    current = manifest.get("schedule", FULL.name if manifest["entries"] else None)
+    if current not in (None, schedule.name):
+        raise ZooError(f"{zoo_dir} holds a zoo trained on the {current!r} schedule; train the {schedule.name!r} "
+                       f"schedule into another folder (--zoo-dir)")
+    if manifest.get("schedule") != schedule.name:
+        _update_manifest(zoo_dir, lambda m: m.__setitem__("schedule", schedule.name))
 
 
 def _write_manifest(manifest: dict, zoo_dir: Path) -> None:
@@ -127,6 +153,7 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
     fix = f"rebuild it with `{rebuild_command(name)}`"
     if info is None:
         raise ZooError(f"the zoo manifest ({zoo_dir / 'manifest.json'}) has no entry {name!r}; {fix}")
+    _own_file(name, info)
     if not path.is_file():
         raise ZooError(f"zoo file {path} is missing; {fix} (or restore it: `git checkout {path.name}`)")
     if _sha256(path) != info["sha256"]:
@@ -150,7 +177,7 @@ def crf_settings(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
 
 
 def recorded(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
-    """The per-image confusions `record_scores` stored: {"none": [N_VAL,C,C], "crf": [N_CRF,C,C] (CRF_MODELS)}."""
+    """The per-image confusions `record_scores` stored: {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}."""
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
     if not path.is_file():
         raise ZooError(f"{path} is missing; rebuild it with `{rebuild_command(f'{name}-s{seed}')}`")
@@ -169,8 +196,29 @@ def _ok(name: str, zoo_dir: Path) -> bool:
     if not isinstance(info, dict) or not {"file", "sha256"} <= set(info):
         raise ZooError(f"the zoo manifest's entry {name!r} lacks its file name or sha256; restore manifest.json "
                        f"from git or rebuild the entry with `{rebuild_command(name)}`")
+    _own_file(name, info)
     path = Path(zoo_dir) / info["file"]
     return path.is_file() and _sha256(path) == info["sha256"]
+
+
+def _own_file(name: str, info: dict) -> None:
+    """A manifest entry names its own file in the zoo folder (NAME.pt), never another path (`../x`, `/etc/...`)."""
+    if not isinstance(info, dict) or info.get("file") != f"{name}.pt":
+        raise ZooError(f"the zoo manifest's entry {name!r} names the file {info.get('file') if isinstance(info, dict) else info!r}, "
+                       f"not {name}.pt; restore manifest.json from git (`git checkout manifest.json`) or rebuild the "
+                       f"entry with `{rebuild_command(name)}`")
+
+
+def partial_step(entry: str, zoo_dir: Path) -> tuple[int, int] | None:
+    """(steps done, steps) of an entry whose training stopped part-way (its resumable checkpoint), else None."""
+    path = Path(zoo_dir) / "partial" / entry / "last.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["step"]), int(state["schedule"]["steps"])
+    except Exception:  # a damaged checkpoint: `zoo train` says so, and what to delete
+        return -1, -1
 
 
 def _complete(entry: str, zoo_dir: Path) -> bool:

@@ -1,8 +1,10 @@
-"""Training the zoo: each model on the cached trunk with the papers' recipe, its storage checked against fp32,
-the CRF cross-validated, the scores recorded; `train_all` resumes what an interrupted run had not finished."""
+"""Training the zoo: each model through `dlcore.train.train` (the papers' recipe, atomic checkpoints, exact resume) on
+its own forward with the frozen stem memoised, its storage checked against fp32, the CRF cross-validated, the
+scores recorded; `train_all` resumes what an interrupted run had not finished, to the step."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,17 +14,19 @@ import torch
 from torch import nn
 
 from dlcore.io import atomic_write
-from dlcore.zoo import recipe
-from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, LR, MODELS, PRETRAIN, WIDTH, ZOO_DIR, _split, build,
-                               entry_names, rebuild_command, schedule)
+from dlcore.zoo import memo
+from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, MODELS, WIDTH, ZOO_DIR, ZooError, _split, build,
+                               entry_names, pretrain_recipe, rebuild_command)
 from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry,
-                              pack, read_manifest, unpack)
-from dlcore.zoo.trunk import (features, frozen_keys, forward_cached, labels_of, load, probabilities,
-                              start_from_pretrained)
+                              pack, read_manifest, schedule_of, unpack)
+from dlcore.zoo.trunk import (frozen_keys, heldout_scenes, labels_of, load, probabilities, start_from_pretrained,
+                              test_scenes)
+
 
 def _seeded_model(name: str, seed: int, zoo_dir: Path) -> nn.Module:
     """Zoo model `name`, its fresh layers drawn from `seed`, started from the pre-trained classifier (and, for
-    FCN's later stages, from the previous stage of the same seed: Sec. 4.2's staged training)."""
+    FCN's later stages, from the previous stage of the same seed: Sec. 4.2's staged training), its frozen part
+    fixed and memoised."""
     from dlcore import seed_everything
 
     seed_everything(seed)
@@ -33,52 +37,64 @@ def _seeded_model(name: str, seed: int, zoo_dir: Path) -> nn.Module:
     frozen = frozen_keys(model)
     for k, p in model.named_parameters():
         p.requires_grad_(k not in frozen)
-    return model
+    return memo.attach(model)
+
+
+class _Remembered(torch.utils.data.Dataset):
+    """A dataset whose items are made once and kept (the zoo's scenes: generating one costs more than a step's
+    share of the memoised network)."""
+
+    def __init__(self, dataset):
+        self.dataset, self.items = dataset, {}
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if i not in self.items:
+            image, mask = self.dataset[i]
+            self.items[i] = (image, mask.to(torch.uint8))  # classes < 255 and void 255 fit a byte
+        image, mask = self.items[i]
+        return image, mask.long()
 
 
 def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
-    """Train zoo model `name` for `seed` on the cached trunk features and write zoo/NAME-sSEED.pt; returns its
-    manifest record."""
-    steps = schedule(name, "STEPS")
-    from tqdm.auto import tqdm
+    """Train zoo model `name` for `seed` and write zoo/NAME-sSEED.pt; returns its manifest record. Checkpoints go to
+    zoo/partial/NAME-sSEED/ every `checkpoint_every` steps; a run stopped at any moment continues from the last."""
+    from dlcore.data import SyntheticScenes
+    from dlcore.train import train
 
-    from dlcore.train import param_groups as _param_groups, poly_lr, segmentation_loss
-
-    device = torch.device(device)
-    model = _seeded_model(name, seed, zoo_dir).to(device)
-    data = features(model, "train", recipe.N_TRAIN, zoo_dir=zoo_dir)
-    feats, images, masks = data["features"], data["images"], data["masks"]
-    optimizer = torch.optim.SGD(_param_groups(model, LR), lr=LR, momentum=0.9, weight_decay=5e-4)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(recipe.N_TRAIN, generator=g) for _ in range(steps * recipe.BATCH // recipe.N_TRAIN + 1)])
-    model.train()
-    start = time.perf_counter()
-    for step in tqdm(range(steps), desc=f"{name} s{seed}", disable=not progress):
-        idx = order[step * recipe.BATCH:(step + 1) * recipe.BATCH]
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(LR, step, steps) * group["lr_mult"]
-        out = forward_cached(model, {k: v[idx].to(device) for k, v in feats.items()}, images[idx])
-        loss = segmentation_loss(out, masks[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    seconds = time.perf_counter() - start
+    schedule = schedule_of(zoo_dir)
+    entry = f"{name}-s{seed}"
+    steps = schedule.value(MODELS[name], "steps")
+    partial = Path(zoo_dir) / "partial" / entry
+    model = _seeded_model(name, seed, zoo_dir)
+    scenes = _Remembered(SyntheticScenes("train", n=schedule.n_train, size=schedule.size, seed=0))
+    result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device, seed=seed,
+                   checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every,
+                   resume=(partial / "last.pt").is_file(), bf16=schedule.bf16, progress=progress,
+                   meta={"zoo_entry": entry, "schedule": schedule.name})
+    model = model.cpu()
     frozen = frozen_keys(model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in frozen}
-    stored, storage = _smallest_faithful(model.cpu(), state, zoo_dir)
-    info = {"kind": "model", "model": name, "seed": seed, "train_seconds": round(seconds, 1), **storage,
-            "recipe": {"build": asdict(MODELS[name]), "width": WIDTH, "size": recipe.SIZE, "n_train": recipe.N_TRAIN,
-                       "steps": steps, "batch_size": recipe.BATCH, "lr": LR, "loss": round(float(loss.detach()), 4)},
-            "command": rebuild_command(f"{name}-s{seed}"), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
-    _save_entry(f"{name}-s{seed}", stored, info, zoo_dir)
+    state = {k: v.detach() for k, v in model.state_dict().items() if k not in frozen}
+    stored, storage = _smallest_faithful(model, state, zoo_dir)
+    info = {"kind": "model", "model": name, "seed": seed, "schedule": schedule.name, **storage,
+            "train_seconds": round(result["seconds"], 1) if result["resumed_from"] is None else None,
+            "recipe": {"build": asdict(MODELS[name]), "width": WIDTH, "size": schedule.size,
+                       "n_train": schedule.n_train, "steps": steps, "batch_size": schedule.batch, "lr": schedule.lr,
+                       "bf16": schedule.bf16, "loss": round(float(result["loss"]), 4)},
+            "command": rebuild_command(entry), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    _save_entry(entry, stored, info, zoo_dir)
+    shutil.rmtree(partial, ignore_errors=True)  # the entry is complete: its checkpoint has done its job
     return info
 
 
 def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[dict, dict]:
-    """int8 storage for the large kernels when it moves val mean IoU by <= 0.1 point against fp32, else fp16."""
+    """int8 storage for the large kernels when it moves mean IoU by <= 0.1 point against fp32 on the held-out
+    scenes (never the test scenes: this is a choice), else fp16."""
     from dlcore.metrics import scores_from_confusion
 
-    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    data = heldout_scenes(zoo_dir, schedule_of(zoo_dir).n_heldout)
     masks = data["masks"].numpy()
 
     def miou(weights):
@@ -96,18 +112,23 @@ def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[di
     model.load_state_dict(state, strict=False)
     int8 = abs(results[True][1]) <= 0.1 and any(k.endswith("#q") for k in results[True][0])
     stored, delta = results[int8] if int8 else results.get(False, results[True])
-    return stored, {"storage": "int8 kernels + fp16" if int8 else "fp16", "val_miou_fp32": round(exact, 2),
-                    "val_miou_change_stored": delta}
+    return stored, {"storage": "int8 kernels + fp16" if int8 else "fp16", "heldout_miou_fp32": round(exact, 2),
+                    "heldout_miou_change_stored": delta}
 
 
-def train_pretrained(arch: str, *, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
+def train_pretrained(arch: str, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
     from dlcore.pretrain import pretrain
 
-    result = pretrain(arch, **PRETRAIN[arch], progress=progress)
-    info = {"kind": "pretrain", "arch": arch, "train_seconds": round(result["seconds"], 1),
-            "recipe": PRETRAIN[arch], "label_accuracy": round(result["accuracy"], 4),
+    schedule = schedule_of(zoo_dir)
+    recipe = pretrain_recipe(arch, schedule)
+    partial = Path(zoo_dir) / "partial" / f"pretrain-{arch}"
+    result = pretrain(arch, **recipe, device=device, checkpoint_dir=partial,
+                      checkpoint_every=schedule.checkpoint_every, progress=progress)
+    info = {"kind": "pretrain", "arch": arch, "schedule": schedule.name, "train_seconds": result["seconds"],
+            "recipe": recipe, "label_accuracy": round(result["accuracy"], 4),
             "command": rebuild_command(f"pretrain-{arch}"), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
     _save_entry(f"pretrain-{arch}", pack(result["model"].state_dict()), info, zoo_dir)
+    shutil.rmtree(partial, ignore_errors=True)
     return info
 
 
@@ -137,12 +158,13 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
     from dlcore.metrics import scores_from_confusion
 
     model = load(name, 0, zoo_dir)
-    n_heldout = schedule(name, "N_HELDOUT")
-    data = features(model, "val", n_heldout, offset=recipe.N_VAL, zoo_dir=zoo_dir)
+    schedule = schedule_of(zoo_dir)
+    n_heldout = schedule.value(MODELS[name], "n_heldout")
+    data = heldout_scenes(zoo_dir, n_heldout)
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
     grid = {}
-    for w1, sa, sb in tqdm(list(itertools.product(*recipe.CRF_GRID.values())), desc=f"CRF search {name}", disable=not progress):
+    for w1, sa, sb in tqdm(list(itertools.product(*dict(schedule.crf_grid).values())), desc=f"CRF search {name}", disable=not progress):
         params = {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}
         cm = image_confusions(crf_refine(data["images"], probs, params), masks, model.num_classes).sum(0)
         grid[f"{w1}/{sa}/{sb}"] = round(float(scores_from_confusion(cm)["miou"]), 5)
@@ -156,7 +178,7 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
 def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) -> None:
     """crf_search on seed 0's model, into the manifest; the other seeds are scored with what it found."""
     if not _ok(f"{model}-s0", zoo_dir):  # e.g. seed 0 still training in another `zoo train`
-        raise recipe.ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
+        raise ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
                               f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0')}`, "
                               f"then `python -m dlcore zoo train`, which keeps these weights and records the scores")
     found = crf_search(model, zoo_dir, progress)
@@ -164,17 +186,17 @@ def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) ->
 
 
 def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
-    """Per-image confusion matrices on the test scenes, without the CRF (N_VAL) and with it (N_CRF, CRF_MODELS),
+    """Per-image confusion matrices on the test scenes, without the CRF (n_test) and with it (n_crf, CRF_MODELS),
     stored in zoo/scores/NAME-sSEED.npz: the CRF is too slow to rerun for every model in a notebook's minutes,
     so notebooks read these and re-check a few images live (`check_recorded`)."""
     model = load(name, seed, zoo_dir)
-    data = features(model, "val", recipe.N_VAL, zoo_dir=zoo_dir)
+    data = test_scenes(zoo_dir)
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
     out = {"none": image_confusions(labels_of(probs), masks, model.num_classes)}
     if name in CRF_MODELS:
         params = crf_settings(name, zoo_dir)
-        n = schedule(name, "N_CRF")
+        n = schedule_of(zoo_dir).value(MODELS[name], "n_crf")
         out["crf"] = image_confusions(crf_refine(data["images"][:n], probs[:n], params), masks[:n],
                                       model.num_classes)
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
@@ -200,7 +222,7 @@ def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = Z
     """Train every zoo entry that is missing or altered (or only those in `only`; with force, again even when
     complete), then its scores and the CRF search; an interrupted run resumes with the entries it had not
     finished. Returns the entries trained."""
-    names = entry_names()
+    names = entry_names(schedule_of(zoo_dir))
     if only:
         unknown = [n for n in only if n not in names and n not in MODELS]
         if unknown:
@@ -216,7 +238,7 @@ def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = Z
             continue
         t0 = time.perf_counter()
         if entry.startswith("pretrain-"):
-            info = train_pretrained(entry.removeprefix("pretrain-"), zoo_dir=zoo_dir, progress=progress)
+            info = train_pretrained(entry.removeprefix("pretrain-"), device=device, zoo_dir=zoo_dir, progress=progress)
         else:
             model, seed = _split(entry)
             # A run stopped after saving the weights but before the scores: keep the weights, finish the rest.
