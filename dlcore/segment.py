@@ -17,10 +17,10 @@ so this costs little accuracy for photographs, and it bounds the memory the netw
 
 Everything is checked before anything is written: all inputs exist and decode (16-bit images are scaled
 from 0..65535 to 0..255; floating-point images are refused: their range is unknown), no output would overwrite
-an input or another output, --out is a writable folder, --alpha, --max-side and --device are valid, and the
-checkpoint reads, holds finite weights and is for the model named. A problem gives one line on stderr and exit
-code 2, with no output written (docs/reliability.md). Each output file is written atomically
-(`dlcore.io.atomic_write`: temporary file, fsync, rename).
+an input, another output or a file already there (unless --overwrite), --out is a writable folder, --alpha,
+--max-side and --device are valid, and the checkpoint reads, holds finite weights and is for the model named.
+A problem gives one line on stderr and exit code 2, with no output written (docs/reliability.md). Each output
+file is written atomically (`dlcore.io.atomic_write`: temporary file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dlcore.data.palette import VOC_PALETTE
+from dlcore.io import check_output_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -89,8 +90,10 @@ def segment_image(predictor, image, max_side: int = 1024):
     return labels.cpu().numpy()
 
 
-def plan_outputs(paths, out, overlay_format: str, also_read=()) -> list[tuple[Path, Path, Path]]:
-    """(input, label PNG, overlay) per image; ValueError if an output would be an input, or two outputs one file.
+def plan_outputs(paths, out, overlay_format: str, also_read=(), *,
+                 overwrite: bool = False) -> list[tuple[Path, Path, Path]]:
+    """(input, label PNG, overlay) per image; ValueError if an output would be an input, or two outputs one file,
+    or replace a file that exists (unless `overwrite`: --overwrite), or cannot be written (`check_output_file`).
 
     Checked on resolved paths, before anything is written: `segment DIR --out DIR` must not replace DIR/a.png
     with its labels, and `a.png` beside `a_overlay.jpg` must not make two outputs share `a_overlay.png`.
@@ -110,6 +113,7 @@ def plan_outputs(paths, out, overlay_format: str, also_read=()) -> list[tuple[Pa
             if key in written:
                 raise ValueError(f"{written[key]} and {p} would both write {target}; rename one of them or run "
                                  "them with different --out folders")
+            check_output_file(target, "output", overwrite)
             written[key] = p
         plan.append((p, *targets))
     return plan

@@ -722,3 +722,90 @@ def test_every_test_the_reliability_doc_names_exists():
         file = path or (file if continued else "tests/test_reliability.py")
         source = (root / file).read_text()
         assert re.search(rf"^def {test}\(", source, re.M), f"docs/reliability.md names {file}::{test}: not there"
+
+
+# ================================================================================ issue 23: nothing overwritten
+# A new bad-input run: outputs replaced files nobody named, special files and write-protected files; damaged
+# files were loaded. Each test below failed before its fix.
+
+def test_segment_never_replaces_a_file_it_was_not_given(tmp_path, ckpt, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.jpg")
+    other = _photo(photos / "a.png", seed=1).read_bytes()  # a different photo, not an input of this run
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", photos) == 2
+    err = one_line(capsys, "segment")
+    assert "a.png already exists" in err and "--overwrite" in err
+    assert (photos / "a.png").read_bytes() == other and not (photos / "a_overlay.jpg").exists()
+    out = tmp_path / "out"
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out) == 0
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out) == 2  # a second run: asked, not assumed
+    assert "already exists" in one_line(capsys, "segment")
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out, "--overwrite") == 0
+
+
+def test_eval_and_import_caffe_replace_only_with_overwrite(run_dir, tmp_path, capsys, monkeypatch):
+    import dlcore.cli.eval
+
+    monkeypatch.setattr(dlcore.cli.eval, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    scores = tmp_path / "scores.json"
+    scores.write_text("yesterday's scores")
+    assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                 "--json", str(scores)]) == 2
+    assert "scores.json already exists; pass --overwrite" in one_line(capsys, "eval")
+    model_file, out = tmp_path / "m.caffemodel", tmp_path / "m.pt"
+    model_file.write_bytes(b"weights")
+    out.write_bytes(b"an earlier import")
+    assert main(["import-caffe", str(model_file), "--model", MODEL, "--out", str(out)]) == 2
+    assert "m.pt already exists" in one_line(capsys, "import-caffe")
+    assert scores.read_text() == "yesterday's scores" and out.read_bytes() == b"an earlier import"
+
+
+def test_outputs_write_through_devices_and_fifos(tmp_path, run_dir):
+    import threading
+
+    from dlcore.io import atomic_write_bytes
+
+    assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                 "--n-val", "1", "--json", os.devnull]) == 0
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)  # still the device, not a file
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    atomic_write_bytes(fifo, b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and not fifo.is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_protected_files_are_respected(tmp_path, monkeypatch):
+    from dlcore.io import atomic_write_bytes
+
+    kept = tmp_path / "shared.json"
+    kept.write_text("{}")
+    kept.chmod(0o640)
+    atomic_write_bytes(kept, b"[]")
+    assert kept.read_bytes() == b"[]" and (kept.stat().st_mode & 0o777) == 0o640  # a replaced file keeps its mode
+    locked = tmp_path / "ro.json"
+    locked.write_text("{}")
+    locked.chmod(0o444)
+    real_access = os.access  # what the kernel answers a user without override rights (these tests may run as root)
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(locked) and m & os.W_OK else real_access(p, m))
+    with pytest.raises(ValueError, match="ro.json is write-protected \\(mode 444\\)"):
+        atomic_write_bytes(locked, b"[]")
+    assert locked.read_text() == "{}" and (locked.stat().st_mode & 0o777) == 0o444
+
+
+def test_an_output_name_the_file_system_cannot_take_is_refused_before_the_work(run_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    import dlcore.cli.eval
+
+    monkeypatch.setattr(dlcore.cli.eval, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    for json_path in (tmp_path / ("s" * 250 + ".json"), tmp_path / "new" / ("s" * 250 + ".json")):
+        assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                     "--json", str(json_path)]) == 2
+        assert "name" in one_line(capsys, "eval")  # the temporary `.NAME.PID.tmp` would not fit either
+    photo = _photo(tmp_path / ("p" * 250 + ".png"))
+    assert _segment(photo, "--checkpoint", run_dir / "last.pt", "--out", tmp_path / "o") == 2
+    assert "bytes the file system takes" in one_line(capsys, "segment") and not (tmp_path / "o").exists()

@@ -30,6 +30,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="synthetic data seed (default: the training seed)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the scores to OUT as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --json OUT if it exists (default: refuse to)")
     add_run_arguments(p)
 
 
@@ -68,7 +69,7 @@ def _run_eval(args) -> int:
     if args.json:  # before the evaluation, not after minutes of it
         if Path(args.json).resolve() == Path(args.checkpoint).resolve():
             raise ValueError(f"--json {args.json} is the checkpoint being evaluated; write the scores to another file")
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", args.overwrite)
     state = load_checkpoint(args.checkpoint)
     model = load_model(state, name=args.model, device=args.device)
     meta = state.get("meta") or {}

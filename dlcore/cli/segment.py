@@ -30,6 +30,8 @@ def add_segment_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=1024,
                         help="resize so the longer side is at most this many pixels; labels resized back (nearest)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace label maps and overlays already in --out (default: refuse to)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours, 0..1")
     add_run_arguments(parser)
 
@@ -44,8 +46,8 @@ def _prepare(args):
     fit_max_side(1, 1, args.max_side)
     check_device(args)
     paths = collect_images(args.inputs)
-    plan = plan_outputs(paths, args.out, args.overlay_format, also_read=[args.checkpoint])
     check_output_dir(args.out, "--out")
+    plan = plan_outputs(paths, args.out, args.overlay_format, also_read=[args.checkpoint], overwrite=args.overwrite)
     for p in paths:  # decode every image once now, so a bad one stops the run before anything is written
         read_image(p)
     checkpoint = load_checkpoint(args.checkpoint)
