@@ -809,3 +809,28 @@ def test_an_output_name_the_file_system_cannot_take_is_refused_before_the_work(r
     photo = _photo(tmp_path / ("p" * 250 + ".png"))
     assert _segment(photo, "--checkpoint", run_dir / "last.pt", "--out", tmp_path / "o") == 2
     assert "bytes the file system takes" in one_line(capsys, "segment") and not (tmp_path / "o").exists()
+
+
+def test_a_second_train_run_on_one_checkpoint_dir_is_refused(tmp_path, capsys):
+    from dlcore.io import lock_folder
+
+    run = tmp_path / "run"
+    args = ["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(run)]
+    with lock_folder(run, "checkpoint_dir"):  # a first run in progress (the lock is per open file, so this holds)
+        assert main(args) == 2
+        err = one_line(capsys, "train")
+        assert f"in use by another run (pid {os.getpid()})" in err and not (run / "last.pt").exists()
+    assert main(args) == 0  # released: the next run proceeds, and leaves no lock file behind
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_send_to_resume(tmp_path, capsys, monkeypatch):
+    import dlcore.cli.train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlcore.cli.train, "train", interrupted)
+    assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")]) == 130
+    err = one_line(capsys, "train")
+    assert "before its first checkpoint" in err and "without --resume" in err

@@ -90,8 +90,11 @@ def run_train(args) -> int:
     try:
         return _run_train(args)
     except KeyboardInterrupt:
-        print(f"python -m dlcore train: interrupted; continue from the last checkpoint with the same command and "
-              f"--resume ({args.checkpoint_dir}/last.pt)", file=sys.stderr)
+        last = Path(args.checkpoint_dir) / "last.pt"
+        fix = (f"continue from the last checkpoint with the same command and --resume ({last})" if last.is_file() else
+               f"it stopped before its first checkpoint, so nothing was saved; run the same command again "
+               f"(without --resume)")
+        print(f"python -m dlcore train: interrupted; {fix}", file=sys.stderr)
         return 130
     except Exception as e:
         return command_error("train", e, args)
