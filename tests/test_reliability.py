@@ -834,3 +834,35 @@ def test_ctrl_c_before_the_first_checkpoint_does_not_send_to_resume(tmp_path, ca
     assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")]) == 130
     err = one_line(capsys, "train")
     assert "before its first checkpoint" in err and "without --resume" in err
+
+
+def test_figures_smoke_writes_under_build_not_over_the_shipped_figures(monkeypatch, capsys):
+    from pathlib import Path
+
+    from dlcore import figures
+
+    written = []
+    monkeypatch.setattr(figures, "_run_checked", lambda path, out, fig_dir, *a: written.append(Path(fig_dir))
+                        or figures.Result(path.name, 0.0))
+    monkeypatch.setattr(figures, "_write_times", lambda *a: None)
+    assert main(["figures", "--smoke", "--only", "00", "--jobs", "1"]) == 0
+    assert written == [figures.ROOT / "build" / "smoke-figures"]  # was figures/, the committed full-run figures
+    assert "build/smoke-figures" in capsys.readouterr().out
+
+
+def test_a_relative_fig_dir_is_the_notebooks_not_the_working_folders(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlcore import viz
+
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    monkeypatch.setattr(viz, "NOTEBOOKS_DIR", repo / "notebooks")
+    monkeypatch.chdir(repo)  # papermill started from the repository root
+    fig = plt.figure(figsize=(1, 1))
+    path = viz.savefig(fig, "t", "../figures")  # the notebooks' FIG_DIR
+    plt.close(fig)
+    assert path == repo / "figures" / "t.png" and path.is_file() and not (tmp_path / "figures").exists()
