@@ -866,3 +866,50 @@ def test_a_relative_fig_dir_is_the_notebooks_not_the_working_folders(tmp_path, m
     path = viz.savefig(fig, "t", "../figures")  # the notebooks' FIG_DIR
     plt.close(fig)
     assert path == repo / "figures" / "t.png" and path.is_file() and not (tmp_path / "figures").exists()
+
+
+def _zip(path, members, deflate=False):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return path
+
+
+def test_a_damaged_zip_leaves_the_files_already_there(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    archive = _zip(tmp_path / "labels.zip", [("one.png", b"first member"), ("two.png", b"second member")])
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"second member")] ^= 0x01  # stored: the second member's bytes, which now fail its CRC-32
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "two.png").write_bytes(b"the good copy from last time")
+    with pytest.raises(ValueError, match="labels.zip is truncated or damaged"):
+        safe_extract(archive, out)
+    assert sorted(p.name for p in out.iterdir()) == ["two.png"]  # no one.png, no temporary folder
+    assert (out / "two.png").read_bytes() == b"the good copy from last time"
+
+
+def test_archives_are_capped_by_size_and_ratio(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    zeros = bytes(20 << 20)  # 20 MiB that deflate to ~20 KB
+    for archive in (_zip(tmp_path / "bomb.zip", [("x.bin", zeros)], deflate=True),
+                    _tar(tmp_path / "bomb.tar.gz", [("x.bin", tarfile.REGTYPE, None, zeros)], "w:gz")):
+        with pytest.raises(ValueError, match="decompression bomb"):
+            safe_extract(archive, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_member_under_a_file_member_is_named_before_anything_is_written(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    for archive in (_tar(tmp_path / "a.tar", [("first", tarfile.REGTYPE, None, b"1"), ("a", tarfile.REGTYPE, None, b"x"),
+                                              ("a/b", tarfile.REGTYPE, None, b"y")]),
+                    _zip(tmp_path / "a.zip", [("first", b"1"), ("a", b"x"), ("a/b", b"y")])):
+        with pytest.raises(ValueError, match=f"{archive.name}: member 'a/b' lies under the file member 'a'"):
+            safe_extract(archive, tmp_path / "out")
+        assert not any((tmp_path / "out").iterdir())
