@@ -913,3 +913,50 @@ def test_a_member_under_a_file_member_is_named_before_anything_is_written(tmp_pa
         with pytest.raises(ValueError, match=f"{archive.name}: member 'a/b' lies under the file member 'a'"):
             safe_extract(archive, tmp_path / "out")
         assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_detected(tmp_path, capsys):
+    model = build_model(MODEL, width=W)
+    state = model.state_dict()
+    state["head.fc8.bias"].fill_(0.123456)  # a value to find in the file
+    path = save_checkpoint(tmp_path / "m.pt", model=state, step=0, meta=checkpoint_meta(model))
+    data = bytearray(path.read_bytes())
+    data[data.index(np.float32(0.123456).tobytes()) + 3] ^= 0x10  # one exponent bit: still finite, far from 0.12
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.pt is not a readable dlcore checkpoint.*fails its CRC-32 check"):
+        load_checkpoint(path)
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", path, "--out", tmp_path / "out") == 2
+    assert "CRC-32" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("payload, match", [
+    ("pickle", "pickled Python objects other than tensors"), ("text", "not a file torch.save writes"),
+])
+def test_train_weights_that_are_not_weights_are_named(tmp_path, capsys, payload, match):
+    weights = tmp_path / "w.pt"
+    if payload == "pickle":
+        torch.save({"features.0.weight": torch.zeros(1), "hook": _Payload()}, weights)
+    else:
+        weights.write_text("root:x:0:0:root:/root:/bin/bash\n")  # /etc/passwd: was "list index out of range"
+    assert main(["train", "--model", MODEL, *TINY[2:], "--width", "1", "--steps", "1",
+                 "--weights", str(weights), "--checkpoint-dir", str(tmp_path / "run")]) == 2
+    err = one_line(capsys, "train")
+    assert "w.pt is not a readable weights file" in err and match in err and "weights_only=False" not in err
+
+
+class _Payload:
+    def __reduce__(self):  # what a hostile file holds: a call that would run on an unguarded load
+        return (os.system, ("echo this must not run",))
+
+
+def test_scores_that_overflow_are_named_not_segmented_as_background(tmp_path, capsys):
+    model = build_model(MODEL, width=W)
+    state = model.state_dict()
+    state["backbone.features.0.weight"][0, 0, 0, 0] = 3e38  # finite, so the load-time check passes; it overflows
+    ck = save_checkpoint(tmp_path / "big.pt", model=state, step=0, meta=checkpoint_meta(model))
+    photo = _photo(tmp_path / "a.png")
+    for crf in ([], ["--crf"]):  # exit 0 and all class 0 before; with --crf: "pass softmax probabilities, not logits"
+        assert _segment(photo, "--checkpoint", ck, "--out", tmp_path / "out", *crf) == 2
+        err = one_line(capsys, "segment")
+        assert "NaN or Inf" in err and "backbone.features.0" in err and "3e+38" in err and "logits" not in err
+        assert not any((tmp_path / "out").iterdir())
