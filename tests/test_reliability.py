@@ -960,3 +960,16 @@ def test_scores_that_overflow_are_named_not_segmented_as_background(tmp_path, ca
         err = one_line(capsys, "segment")
         assert "NaN or Inf" in err and "backbone.features.0" in err and "3e+38" in err and "logits" not in err
         assert not any((tmp_path / "out").iterdir())
+
+
+def test_32_bit_integer_images_are_refused_whatever_their_values(tmp_path, ckpt, capsys):
+    from dlcore.data import read_image
+
+    grey = np.arange(16 * 20, dtype=np.int32).reshape(16, 20) % 256
+    Image.fromarray(grey).save(tmp_path / "int32.tif")  # 0..255 in 32 bits: was read as 16-bit, pixels 0..1
+    with pytest.raises(ValueError, match="int32.tif holds 32-bit integer pixels"):
+        read_image(tmp_path / "int32.tif")
+    assert _segment(tmp_path / "int32.tif", "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    assert "32-bit" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.pgm")  # 16-bit PGM: PIL's mode "I" too
+    assert int(read_image(tmp_path / "deep.pgm").max()) == 255

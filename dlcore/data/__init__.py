@@ -32,12 +32,15 @@ def read_image(path) -> torch.Tensor:
         raise FileNotFoundError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
+            fmt = im.format  # the transposed copy below has none
             im = ImageOps.exif_transpose(im)  # phones store rotation in EXIF, not in the pixels
+            # mode "I" is 32-bit, except from PNG and PGM / PPM, whose samples have at most 16 bits. Decided by
+            # the file's bit depth, not by its values: an int32 TIFF holding 0..255 is not a dark 16-bit image.
+            if im.mode == "I" and fmt not in ("PNG", "PPM"):
+                raise ValueError(f"image {path} holds 32-bit integer pixels, whose range dlcore cannot know; "
+                                 "convert it to an 8-bit RGB image first")
             if im.mode.startswith("I;16") or im.mode == "I":
                 grey = np.asarray(im).astype(np.int64)
-                if im.mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
-                    raise ValueError(f"image {path} holds 32-bit integer pixels ({grey.min()}..{grey.max()}); "
-                                     "convert it to an 8-bit RGB image first")
                 # 16-bit: scale the full range, as a viewer shows it (65535 = white), not clip it
                 array = np.repeat(((grey * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=-1)
             elif im.mode == "F":
