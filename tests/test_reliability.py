@@ -973,3 +973,33 @@ def test_32_bit_integer_images_are_refused_whatever_their_values(tmp_path, ckpt,
     assert "32-bit" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.pgm")  # 16-bit PGM: PIL's mode "I" too
     assert int(read_image(tmp_path / "deep.pgm").max()) == 255
+
+
+def test_compat_bounds_its_memory_up_front(monkeypatch):
+    import dlcore.crf.compat as dcrf
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 8 << 30)  # an 8 GB laptop
+    start = time.perf_counter()
+    for W, H, L in ((1500, 1500, 255), (30000, 30000, 2)):  # ~30 GB at inference; 7 GB of grids in the constructor
+        with pytest.raises(ValueError, match=f"DenseCRF2D\\(W={W}, H={H}, L={L}\\).*GiB"):
+            dcrf.DenseCRF2D(W, H, L)
+    d = dcrf.DenseCRF(400 * 400, 2000)  # the generic class: checked when a kernel is added, with its own D
+    with pytest.raises(ValueError, match="3-D kernel on DenseCRF\\(N=160000, L=2000\\).*GiB"):
+        d.addPairwiseEnergy(np.zeros((3, 400 * 400), np.float32), compat=3)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, p: dense_crf(np.zeros((4, 5, 3), np.uint8), p.tolist()), "probs must be a numpy array"),  # AttributeError
+    (lambda m, p: m.unary_from_labels(np.zeros((4, 5), np.int64), 1, 0.7, zero_unsure=False), "n_labels"),  # 1 / 0
+    (lambda m, p: m.unary_from_softmax(p, scale="x"), "scale"),  # TypeError: '<' between str and int
+    (lambda m, p: m.unary_from_softmax(p, clip="x"), "clip"),
+    (lambda m, p: m.unary_from_labels(np.zeros((4, 5), np.int64), 3, "0.7"), "gt_prob"),
+])
+def test_small_crf_api_errors_name_the_argument(call, match):
+    import dlcore.crf.compat as dcrf
+
+    probs = np.full((2, 4, 5), 0.5, np.float32)
+    with pytest.raises(ValueError, match=match):
+        call(dcrf, probs)
