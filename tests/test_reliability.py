@@ -1003,3 +1003,27 @@ def test_small_crf_api_errors_name_the_argument(call, match):
     probs = np.full((2, 4, 5), 0.5, np.float32)
     with pytest.raises(ValueError, match=match):
         call(dcrf, probs)
+
+
+def test_segment_estimates_its_memory_before_decoding(tmp_path, ckpt, capsys, monkeypatch):
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 4 << 30)
+    big = _png_claiming(tmp_path / "big.png", 13000, 13000)  # under PIL's bomb limit: it peaked at 9.3 GB
+    start = time.perf_counter()
+    assert _segment(_photo(tmp_path / "a.png"), big, "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    err = one_line(capsys, "segment")
+    assert "big.png (13000 x 13000 pixels" in err and "GiB, more than the 4.0 GiB available" in err
+    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", tmp_path / "out", "--max-side",
+                    "100000", "--crf") == 0  # a small photo: --max-side does not resize it, and it fits
+
+
+def test_a_1_x_1_image_segments_without_a_warning(tmp_path, ckpt, capsys):
+    import warnings
+
+    photo = _photo(tmp_path / "dot.png", size=(1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was torch's "The given NumPy array is not writable"
+        assert _segment(photo, "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
+    assert "Warning" not in capsys.readouterr().err
