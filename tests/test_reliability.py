@@ -1016,7 +1016,7 @@ def test_segment_estimates_its_memory_before_decoding(tmp_path, ckpt, capsys, mo
     assert "big.png (13000 x 13000 pixels" in err and "GiB, more than the 4.0 GiB available" in err
     assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
     assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", tmp_path / "out", "--max-side",
-                    "100000", "--crf") == 0  # a small photo: --max-side does not resize it, and it fits
+                    "4096", "--crf") == 0  # a small photo: --max-side does not resize it, and it fits
 
 
 def test_a_1_x_1_image_segments_without_a_warning(tmp_path, ckpt, capsys):
@@ -1027,3 +1027,39 @@ def test_a_1_x_1_image_segments_without_a_warning(tmp_path, ckpt, capsys):
         warnings.simplefilter("error")  # was torch's "The given NumPy array is not writable"
         assert _segment(photo, "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
     assert "Warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    ("train", "--size", "20000"), ("train", "--crop", "20000"), ("train", "--batch-size", "0"), ("train", "--lr", "inf"),
+    ("train", "--seed", "-1"), ("train", "--checkpoint-every", "-5"), ("eval", "--scales", "200"),
+    ("eval", "--size", "0"), ("eval", "--batch-size", "0"), ("segment", "--max-side", "100000"),
+    ("crf-search", "--size", "20000"), ("import-caffe", "--num-classes", "0"),
+])
+def test_numeric_flags_are_range_checked_by_name(run_dir, tmp_path, capsys, command, flag, value):
+    ck = str(run_dir / "last.pt")
+    base = {"train": ["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")],
+            "eval": ["eval", "--checkpoint", ck, "--device", "cpu", "--no-progress"],
+            "segment": ["segment", str(_photo(tmp_path / "a.png")), "--checkpoint", ck, "--out", str(tmp_path / "o")],
+            "crf-search": ["crf-search", "--model", MODEL, "--checkpoint", ck, "--data", "synthetic", "--device", "cpu"],
+            "import-caffe": ["import-caffe", ck, "--model", MODEL, "--out", str(tmp_path / "m.pt")]}[command]
+    start = time.perf_counter()
+    assert main(base + [flag, value]) == 2  # argparse: the last occurrence of a flag wins
+    err = one_line(capsys, command)
+    assert f"{flag} must be" in err and time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_estimate_their_memory_first(run_dir, tmp_path, capsys, monkeypatch, command):
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 64 << 20)  # 64 MiB free
+    if command == "train":  # allowed sizes, too much for the memory: the estimate names the flags to lower
+        args = ["train", "--model", MODEL, *TINY, "--steps", "1", "--size", "2048", "--checkpoint-dir",
+                str(tmp_path / "r")]
+    else:
+        args = ["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress", "--n-val", "1",
+                "--scales", "4", "--size", "1024"]
+    assert main(args) == 2
+    err = one_line(capsys, command)
+    assert "GiB, more than the 0.1 GiB available" in err and ("--batch-size" in err or "--scales" in err)
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -7,6 +7,7 @@ fix`, with exit code 2 for bad usage or input (ValueError, a missing file) and 1
 
 from __future__ import annotations
 
+import math
 import sys
 
 from dlcore import resolve_device
@@ -65,6 +66,26 @@ def add_run_arguments(parser) -> None:
 def check_device(args) -> None:
     """The cheap check first: a typo in --device must not cost a data set build or a model."""
     resolve_device(args.device)
+
+
+# The largest image side any command takes: VOC's images are at most 500 pixels, and DeepLab's training crop
+# is 321 or 513; a larger side is almost always a typo, and its memory grows with its square.
+MAX_SIDE = 4096
+
+
+def check_flags(**ranges) -> None:
+    """Check numeric flags before any work: flag=(value, low, high), the flag's name written with `_` for `-`
+    (`batch_size` for --batch-size); a value of None (a flag left out) passes. A value outside [low, high]
+    (a bound None: open) or not finite is a ValueError naming the flag, its range and the value, where the
+    allocator or torch would fail much later naming neither."""
+    for name, (value, low, high) in ranges.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not (math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high)):
+                bounds = f">= {low:g}" if high is None else f"in {low:g}..{high:g}"
+                raise ValueError(f"--{name.replace('_', '-')} must be {bounds}, got {v:g}")
 
 
 def checkpoint_crf(on: bool, meta: dict):

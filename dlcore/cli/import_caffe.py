@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dlcore.caffe import import_caffe, read_caffemodel
 from dlcore.checkpoint import checkpoint_meta, save_checkpoint
-from dlcore.cli.common import add_debug_argument, guarded
+from dlcore.cli.common import add_debug_argument, check_flags, guarded
 from dlcore.crf import paper_crf
 from dlcore.io import check_output_file
 from dlcore.models import build_model
@@ -35,6 +35,7 @@ def run_import_caffe(args) -> int:
 
 
 def _run_import_caffe(args) -> int:
+    check_flags(num_classes=(args.num_classes, 1, None))
     # the output first: it must not be the input (that would replace the caffemodel), nor a folder
     source, out = Path(args.caffemodel), Path(args.out)
     if out.resolve() == source.resolve():

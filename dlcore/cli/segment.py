@@ -10,12 +10,11 @@ import math
 from pathlib import Path
 
 from dlcore.checkpoint import checkpoint_normalize, load_checkpoint, load_model
-from dlcore.cli.common import add_run_arguments, check_device, checkpoint_crf, guarded
+from dlcore.cli.common import MAX_SIDE, add_run_arguments, check_device, check_flags, checkpoint_crf, guarded
 from dlcore.data import image_size, read_image
 from dlcore.inference import Predictor
 from dlcore.io import atomic_write, check_output_dir
-from dlcore.segment import (check_segment_memory, collect_images, fit_max_side, image_writer, plan_outputs,
-                            segment_image)
+from dlcore.segment import check_segment_memory, collect_images, image_writer, plan_outputs, segment_image
 from dlcore.viz import overlay
 
 
@@ -45,7 +44,7 @@ def _prepare(args):
     """
     if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
         raise ValueError(f"--alpha must be an opacity in [0, 1] (0 = photo only, 1 = labels only), got {args.alpha}")
-    fit_max_side(1, 1, args.max_side)
+    check_flags(max_side=(args.max_side, 1, MAX_SIDE))
     check_device(args)
     paths = collect_images(args.inputs)
     check_output_dir(args.out, "--out")
