@@ -783,6 +783,11 @@ def test_outputs_write_through_devices_and_fifos(tmp_path, run_dir):
     atomic_write_bytes(fifo, b"through the pipe")
     reader.join(10)
     assert got == [b"through the pipe"] and not fifo.is_file() and not list(tmp_path.glob(".*.tmp"))
+    target, link = tmp_path / "scores.json", tmp_path / "latest.json"
+    target.write_text("{}")
+    link.symlink_to(target.name)
+    atomic_write_bytes(link, b"[]")  # as a redirect: through the link, which stays a link
+    assert link.is_symlink() and target.read_bytes() == b"[]"
 
 
 def test_write_protected_files_are_respected(tmp_path, monkeypatch):
