@@ -802,7 +802,8 @@ def test_write_protected_files_are_respected(tmp_path, monkeypatch):
     locked.write_text("{}")
     locked.chmod(0o444)
     real_access = os.access  # what the kernel answers a user without override rights (these tests may run as root)
-    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == str(locked) and m & os.W_OK else real_access(p, m))
+    monkeypatch.setattr(os, "access",
+                        lambda p, m: False if str(p) == str(locked) and m & os.W_OK else real_access(p, m))
     with pytest.raises(ValueError, match="ro.json is write-protected \\(mode 444\\)"):
         atomic_write_bytes(locked, b"[]")
     assert locked.read_text() == "{}" and (locked.stat().st_mode & 0o777) == 0o444
@@ -918,8 +919,9 @@ def test_archives_are_capped_by_size_and_ratio(tmp_path):
 def test_a_member_under_a_file_member_is_named_before_anything_is_written(tmp_path):
     from dlcore.data.download import safe_extract
 
-    for archive in (_tar(tmp_path / "a.tar", [("first", tarfile.REGTYPE, None, b"1"), ("a", tarfile.REGTYPE, None, b"x"),
-                                              ("a/b", tarfile.REGTYPE, None, b"y")]),
+    members = [("first", tarfile.REGTYPE, None, b"1"), ("a", tarfile.REGTYPE, None, b"x"),
+               ("a/b", tarfile.REGTYPE, None, b"y")]
+    for archive in (_tar(tmp_path / "a.tar", members),
                     _zip(tmp_path / "a.zip", [("first", b"1"), ("a", b"x"), ("a/b", b"y")])):
         with pytest.raises(ValueError, match=f"{archive.name}: member 'a/b' lies under the file member 'a'"):
             safe_extract(archive, tmp_path / "out")
@@ -1002,7 +1004,7 @@ def test_compat_bounds_its_memory_up_front(monkeypatch):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda m, p: dense_crf(np.zeros((4, 5, 3), np.uint8), p.tolist()), "probs must be a numpy array"),  # AttributeError
+    (lambda m, p: dense_crf(np.zeros((4, 5, 3), np.uint8), p.tolist()), "probs must be a numpy"),  # AttributeError
     (lambda m, p: m.unary_from_labels(np.zeros((4, 5), np.int64), 1, 0.7, zero_unsure=False), "n_labels"),  # 1 / 0
     (lambda m, p: m.unary_from_softmax(p, scale="x"), "scale"),  # TypeError: '<' between str and int
     (lambda m, p: m.unary_from_softmax(p, clip="x"), "clip"),
@@ -1041,7 +1043,8 @@ def test_a_1_x_1_image_segments_without_a_warning(tmp_path, ckpt, capsys):
 
 
 @pytest.mark.parametrize("command, flag, value", [
-    ("train", "--size", "20000"), ("train", "--crop", "20000"), ("train", "--batch-size", "0"), ("train", "--lr", "inf"),
+    ("train", "--size", "20000"), ("train", "--crop", "20000"), ("train", "--batch-size", "0"),
+    ("train", "--lr", "inf"),
     ("train", "--seed", "-1"), ("train", "--checkpoint-every", "-5"), ("eval", "--scales", "200"),
     ("segment", "--max-side", "100000"),
     ("crf-search", "--size", "20000"), ("import-caffe", "--num-classes", "0"),
@@ -1059,7 +1062,8 @@ def test_numeric_flags_are_range_checked_by_name(run_dir, tmp_path, capsys, monk
     base = {"train": ["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")],
             "eval": ["eval", "--checkpoint", ck, "--device", "cpu", "--no-progress"],
             "segment": ["segment", str(_photo(tmp_path / "a.png")), "--checkpoint", ck, "--out", str(tmp_path / "o")],
-            "crf-search": ["crf-search", "--model", MODEL, "--checkpoint", ck, "--data", "synthetic", "--device", "cpu"],
+            "crf-search": ["crf-search", "--model", MODEL, "--checkpoint", ck, "--data", "synthetic",
+                           "--device", "cpu"],
             "import-caffe": ["import-caffe", ck, "--model", MODEL, "--out", str(tmp_path / "m.pt")]}[command]
     start = time.perf_counter()
     assert main(base + [flag, value]) == 2  # argparse: the last occurrence of a flag wins
