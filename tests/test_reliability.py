@@ -1071,18 +1071,21 @@ def test_numeric_flags_are_range_checked_by_name(run_dir, tmp_path, capsys, monk
     assert f"{flag} must be" in err and time.perf_counter() - start < 10
 
 
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_train_and_eval_estimate_their_memory_first(run_dir, tmp_path, capsys, monkeypatch, command):
+@pytest.mark.parametrize("command", ["train", "eval", "crf-search"])
+def test_train_eval_and_crf_search_estimate_their_memory_first(run_dir, tmp_path, capsys, monkeypatch, command):
     import dlcore.crf.lattice
 
     monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 64 << 20)  # 64 MiB free
     if command == "train":  # allowed sizes, too much for the memory: the estimate names the flags to lower
         args = ["train", "--model", MODEL, *TINY, "--steps", "1", "--size", "1024", "--checkpoint-dir",
                 str(tmp_path / "r")]
-    else:
+    elif command == "eval":
         args = ["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress", "--n-val", "1",
                 "--scales", "4", "--size", "256"]
+    else:
+        args = ["crf-search", "--model", MODEL, "--checkpoint", str(run_dir / "last.pt"), "--data", "synthetic",
+                "--size", "1024", "--n-heldout", "1", "--device", "cpu", "--no-progress"]
     assert main(args) == 2
     err = one_line(capsys, command)
-    assert "GiB, more than the 0.1 GiB available" in err and ("--batch-size" in err or "--scales" in err)
+    assert "GiB, more than the 0.1 GiB available" in err and "lower --" in err
     assert not (tmp_path / "r" / "last.pt").exists()

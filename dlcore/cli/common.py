@@ -88,6 +88,21 @@ def check_flags(**ranges) -> None:
                 raise ValueError(f"--{name.replace('_', '-')} must be {bounds}, got {v:g}")
 
 
+def check_scoring_memory(model, dataset, *, scales=(1.0,), batch_size: int = 1, crf: bool = False, device="cpu",
+                         fix: str = "lower --scales, --size or --batch-size") -> None:
+    """eval and crf-search: the network (and the CRF's lattice) on the dataset's largest input, a synthetic scene's
+    side or VOC's longest (500 pixels), at the largest scale, refused up front when it does not fit."""
+    from dlcore import resolve_device
+    from dlcore.crf.lattice import lattice_memory_bytes
+    from dlcore.measure import check_memory, inference_bytes
+
+    side = math.ceil(max(scales) * max(getattr(dataset, "height", 500), getattr(dataset, "width", 500)))
+    crf_bytes = lattice_memory_bytes(batch_size * side * side, 5, dataset.num_classes) if crf else 0
+    check_memory(inference_bytes(model, batch_size, side, side) + crf_bytes, resolve_device(device),
+                 f"scoring at --scales up to {max(scales):g} (inputs of {side} x {side} pixels, "
+                 f"batches of {batch_size}{', with the CRF' if crf else ''})", fix)
+
+
 def checkpoint_crf(on: bool, meta: dict):
     """--crf: the CRF settings the checkpoint records (an imported release's), else dlcore.crf.DEFAULTS (True)."""
     return (meta.get("crf") or True) if on else None

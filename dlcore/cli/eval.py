@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from dlcore import resolve_device
 from dlcore.checkpoint import check_num_classes, checkpoint_normalize, load_checkpoint, load_model
-from dlcore.cli.common import (MAX_SIDE, add_run_arguments, check_device, check_flags, checkpoint_crf, guarded,
-                               open_dataset)
-from dlcore.crf.lattice import lattice_memory_bytes
+from dlcore.cli.common import (MAX_SIDE, add_run_arguments, check_device, check_flags, check_scoring_memory,
+                               checkpoint_crf, guarded, open_dataset)
 from dlcore.inference import evaluate
 from dlcore.io import atomic_write_bytes, check_output_file
-from dlcore.measure import check_memory, inference_bytes
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,12 +73,8 @@ def _run_eval(args) -> int:
     meta = state.get("meta") or {}
     dataset, description = eval_data(args, meta.get("data") or {})
     check_num_classes(state, dataset.num_classes, description)
-    # the largest input: a synthetic scene's side, or VOC's longest (500 pixels), at the largest scale
-    side = math.ceil(max(args.scales) * max(getattr(dataset, "height", 500), getattr(dataset, "width", 500)))
-    crf_bytes = lattice_memory_bytes(args.batch_size * side * side, 5, dataset.num_classes) if args.crf else 0
-    check_memory(inference_bytes(model, args.batch_size, side, side) + crf_bytes, resolve_device(args.device),
-                 f"evaluating at --scales up to {max(args.scales):g} (inputs of {side} x {side} pixels, "
-                 f"--batch-size {args.batch_size})", "lower --scales, --size or --batch-size")
+    check_scoring_memory(model, dataset, scales=args.scales, batch_size=args.batch_size, crf=args.crf,
+                         device=args.device)
     scores = evaluate(model, dataset, dataset.num_classes, device=args.device, normalize=checkpoint_normalize(state),
                       scales=args.scales, flip=args.flip, crf=checkpoint_crf(args.crf, meta),
                       batch_size=args.batch_size, progress=not args.no_progress)
