@@ -1,7 +1,9 @@
 """Checkpoints: one file per run (`last.pt`) holding everything a resumed run needs to continue bit for bit.
 
     save_checkpoint(path, **state)        atomic write (dlcore.io.atomic_write: temporary, fsync, os.replace)
-    load_checkpoint(path) -> dict         torch.load(weights_only=True); clear errors for missing/corrupt files
+    load_checkpoint(path) -> dict         torch.load(weights_only=True) after the file's CRC-32s are verified;
+                                          clear errors for missing, damaged or foreign files
+    read_torch_file(path, what, fix)      the same verified load for any torch file (ImageNet weights)
     load_model(checkpoint, name=None)     rebuild the network with dlcore.models.build_model from the stored meta,
                                           after checking the meta, finite weights and their shapes
     checkpoint_normalize(checkpoint)      the input normalization its weights expect ("caffe" for imported ones)
@@ -23,7 +25,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import pickle
 import random
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +48,11 @@ def save_checkpoint(path, **state) -> Path:
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by `save_checkpoint` (weights_only=True) onto the CPU.
+    """Read a checkpoint written by `save_checkpoint` (weights_only=True) onto the CPU, its CRC-32s verified.
 
-    Missing file -> FileNotFoundError naming it; anything torch cannot read, or a file that is not a dlcore
-    checkpoint (no 'model' state_dict) -> ValueError "X is not a readable dlcore checkpoint (...)".
+    Missing file -> FileNotFoundError naming it; anything torch cannot read, a damaged file (a flipped bit: see
+    `read_torch_file`), or a file that is not a dlcore checkpoint (no 'model' state_dict) -> ValueError
+    "X is not a readable dlcore checkpoint (...)".
     """
     path = Path(path)
     if path.is_dir():
@@ -56,15 +61,49 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `python -m dlcore train "
                                 f"--checkpoint-dir DIR` (it writes DIR/last.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds (zip, unpickling, EOF) for a damaged file
-        reason = " ".join(str(e).split())[:200]
-        raise ValueError(f"{path} is not a readable dlcore checkpoint ({type(e).__name__}: {reason}); "
-                         f"{_RECREATE}") from None
+    state = read_torch_file(path, "dlcore checkpoint", _RECREATE)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise ValueError(f"{path} is not a readable dlcore checkpoint (no 'model' state_dict in it); {_RECREATE}")
     return state
+
+
+def read_torch_file(path, what: str, fix: str, legacy_ok: bool = False):
+    """torch.load(path, weights_only=True) onto the CPU, after verifying the file.
+
+    torch.save writes a zip archive with a CRC-32 per record, but torch.load does not check them, so a flipped
+    bit in a weight loads silently (and turns a trained network into a wrong one). Every record is read and
+    checked here first. A file in torch's legacy (pre-zip) format carries no checksums: accepted only with
+    `legacy_ok` (published ImageNet weights are in it); dlcore's own checkpoints are always zips.
+    Every problem is a ValueError "PATH is not a readable WHAT (reason); FIX", with no torch paragraph.
+    """
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise ValueError(f"{path} is not a readable {what} (its record {damaged} fails its CRC-32 check: the "
+                                 "file was damaged on disk or in a copy); use an intact copy, or " + fix)
+        elif not legacy_ok:
+            raise ValueError(f"{path} is not a readable {what} (it is not the zip archive torch.save writes, so its "
+                             f"content cannot be verified); {fix}")
+        elif _first_bytes(path, 2) != b"\x80\x02":  # the legacy format opens with a protocol-2 pickle
+            raise ValueError(f"{path} is not a readable {what} (it is not a file torch.save writes); {fix}")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ValueError:
+        raise
+    except pickle.UnpicklingError as e:
+        reason = ("it holds pickled Python objects other than tensors and plain values, which dlcore does not load "
+                  "(nothing in it was run)" if "Weights only load failed" in str(e) else f"UnpicklingError: {e}")
+        raise ValueError(f"{path} is not a readable {what} ({reason[:200]}); {fix}") from None
+    except Exception as e:  # torch and zipfile raise many kinds (zip, EOF, CRC, unpickling) for a damaged file
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"{path} is not a readable {what} ({type(e).__name__}: {reason}); {fix}") from None
+
+
+def _first_bytes(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
 
 
 def checkpoint_meta(model: nn.Module, meta: dict | None = None, normalize: str = "imagenet") -> dict:

@@ -177,17 +177,24 @@ def _cell_source(executed: Path, index: int) -> str:
         return "(source unavailable)"
 
 
+def default_fig_dir(smoke: bool) -> Path:
+    """figures/ holds the full runs' figures, committed; a smoke run's low-resolution renders go to build/."""
+    return ROOT / "build" / "smoke-figures" if smoke else ROOT / "figures"
+
+
 def run_all(smoke: bool = False, only: str | None = None, device: str = "auto", jobs: int = 1,
-            out_dir: Path = ROOT / "build" / "notebooks", fig_dir: Path = ROOT / "figures",
+            out_dir: Path = ROOT / "build" / "notebooks", fig_dir: Path | None = None,
             folder: Path = NOTEBOOKS) -> list[Result]:
     """Every notebook, in order with jobs=1, else `jobs` side by side (the cores shared out: DLCORE_THREADS),
-    the longest first by the previous run's times; stops at the first failure. Results in notebook order."""
+    the longest first by the previous run's times; stops at the first failure. Results in notebook order.
+    Figures go to `fig_dir`, by default `default_fig_dir(smoke)`."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
     from tqdm.auto import tqdm
 
     paths = notebooks(only, folder)
+    fig_dir = default_fig_dir(smoke) if fig_dir is None else fig_dir
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     jobs = min(jobs, len(paths))

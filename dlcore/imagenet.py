@@ -27,7 +27,10 @@ def _state_dict_of(weights) -> Mapping[str, torch.Tensor]:
         if not os.path.exists(weights):
             raise FileNotFoundError(f"no weights file at {os.fspath(weights)!r}; pass a torchvision state dict saved "
                                     f"with torch.save(model.state_dict(), path), or a torchvision weights enum")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        from dlcore.checkpoint import read_torch_file
+
+        state = read_torch_file(weights, "weights file", "pass a torchvision state dict saved with "
+                                "torch.save(model.state_dict(), path)", legacy_ok=True)
         if isinstance(state, Mapping) and "state_dict" in state and not any(k.endswith("weight") for k in state):
             state = state["state_dict"]
         if not isinstance(state, Mapping):

@@ -194,6 +194,8 @@ class Predictor:
         """Softmax class probabilities [B,L,H,W] (fp32, on the device) at the images' size, CRF-refined if set."""
         images = as_batch(images).to(self.device, non_blocking=True)
         probs = self._network_stage(images)
+        if not torch.isfinite(probs).all():  # else argmax gives class 0 everywhere, and the CRF blames its input
+            raise ValueError(non_finite_scores(self.model, normalize_images(images, mode=self.normalize_mode)))
         return probs if self.crf is None else self.crf(images, probs)
 
     def __call__(self, images) -> torch.Tensor:
@@ -211,6 +213,34 @@ class Predictor:
     def _scores(self, images: torch.Tensor) -> torch.Tensor:
         return forward_probs(self.network, images, normalize=self.normalize_mode, scales=self.scales, flip=self.flip,
                              bf16=self.bf16, channels_last=self.channels_last)
+
+
+def non_finite_scores(model: nn.Module, x: torch.Tensor) -> str:
+    """Why the network's scores are NaN or Inf: the first layer whose output is, and its largest weight. Finite
+    weights can still overflow float32 (a weight of 3e38 times an activation of 2), so the load-time check of
+    the weights cannot catch every damaged or diverged checkpoint; the network's output is checked instead."""
+    found = []
+
+    def watch(name):
+        def hook(module, inputs, output):
+            if not found and torch.is_tensor(output) and output.is_floating_point() \
+                    and not torch.isfinite(output).all():
+                found.append(name)
+        return hook
+
+    handles = [m.register_forward_hook(watch(n)) for n, m in model.named_modules() if not list(m.children())]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    where = "its scores"
+    if found:
+        weights = [p.detach().abs().max() for p in model.get_submodule(found[0]).parameters()]
+        largest = f", its largest weight {float(max(weights)):.3g}" if weights else ""
+        where = f"layer {found[0]} ({type(model.get_submodule(found[0])).__name__}{largest})"
+    return (f"the network's output is NaN or Inf, first at {where}: its weights overflow float32 (damaged, "
+            "diverged, or a wrong import); use an intact checkpoint or retrain")
 
 
 def _cuda_option(name: str, value, cuda: bool) -> bool:

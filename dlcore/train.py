@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from dlcore import resolve_device
 from dlcore.checkpoint import checkpoint_meta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dlcore.data.transforms import normalize as normalize_images
-from dlcore.io import check_output_dir
+from dlcore.io import check_output_dir, lock_folder
 
 __all__ = ["train", "poly_lr", "segmentation_loss", "param_groups", "StepSampler"]
 
@@ -268,7 +268,8 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
     """Train `model` in place on `dataset` (items (uint8 [3,H,W], int64 [H,W])) for `steps` SGD steps.
 
     The recipe is in the module docstring. batch_size is the global batch (split over DDP processes).
-    checkpoint_dir/last.pt is written every `checkpoint_every` steps and at the end (rank 0, atomically);
+    checkpoint_dir/last.pt is written every `checkpoint_every` steps and at the end (rank 0, atomically); the
+    folder is locked for the run (`dlcore.io.lock_folder`: a second run there is refused with this one's pid);
     resume=True continues from it and ends with the weights the uninterrupted run would have had (a changed
     schedule or model is a ValueError). `transform(image, mask)` is applied per item (e.g. train_transform()).
     `on_step(step, loss)` is called after each finished step (step counts from 1). bf16: autocast the forward
@@ -283,13 +284,17 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         _check_train_args(dataset, steps, batch_size, lr, power, checkpoint_dir, checkpoint_every, resume, world)
-        return _train(model, dataset, steps=int(steps), batch_size=int(batch_size), lr=float(lr), momentum=momentum,
-                      weight_decay=weight_decay, power=power, device=device, normalize=normalize,
-                      checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
-                      checkpoint_every=int(checkpoint_every), resume=resume, seed=int(seed),
-                      num_workers=num_workers, progress=progress and rank == 0, transform=transform, meta=meta,
-                      on_step=on_step, rank=rank, world=world, bf16=device.type == "cuda" if bf16 is None else bool(bf16),
-                      loss_fn=loss)
+        # one run per checkpoint folder: a second run there would overwrite the first one's last.pt
+        locked = lock_folder(checkpoint_dir, "checkpoint_dir (--checkpoint-dir)") if checkpoint_dir is not None \
+            and rank == 0 else contextlib.nullcontext()
+        with locked:
+            return _train(model, dataset, steps=int(steps), batch_size=int(batch_size), lr=float(lr),
+                          momentum=momentum, weight_decay=weight_decay, power=power, device=device,
+                          normalize=normalize, checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+                          checkpoint_every=int(checkpoint_every), resume=resume, seed=int(seed),
+                          num_workers=num_workers, progress=progress and rank == 0, transform=transform, meta=meta,
+                          on_step=on_step, rank=rank, world=world,
+                          bf16=device.type == "cuda" if bf16 is None else bool(bf16), loss_fn=loss)
     finally:
         if created:
             import torch.distributed as dist

@@ -9,6 +9,7 @@ All fixtures are tiny and written here; nothing downloads.
 import io
 import json
 import os
+import stat
 import struct
 import tarfile
 import time
@@ -722,3 +723,369 @@ def test_every_test_the_reliability_doc_names_exists():
         file = path or (file if continued else "tests/test_reliability.py")
         source = (root / file).read_text()
         assert re.search(rf"^def {test}\(", source, re.M), f"docs/reliability.md names {file}::{test}: not there"
+
+
+# ================================================================================ issue 23: nothing overwritten
+# A new bad-input run: outputs replaced files nobody named, special files and write-protected files; damaged
+# files were loaded. Each test below failed before its fix.
+
+def test_segment_never_replaces_a_file_it_was_not_given(tmp_path, ckpt, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _photo(photos / "a.jpg")
+    other = _photo(photos / "a.png", seed=1).read_bytes()  # a different photo, not an input of this run
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", photos) == 2
+    err = one_line(capsys, "segment")
+    assert "a.png already exists" in err and "--overwrite" in err
+    assert (photos / "a.png").read_bytes() == other and not (photos / "a_overlay.jpg").exists()
+    out = tmp_path / "out"
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out) == 0
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out) == 2  # a second run: asked, not assumed
+    assert "already exists" in one_line(capsys, "segment")
+    assert _segment(photos / "a.jpg", "--checkpoint", ckpt, "--out", out, "--overwrite") == 0
+
+
+def test_eval_and_import_caffe_replace_only_with_overwrite(run_dir, tmp_path, capsys, monkeypatch):
+    import dlcore.cli.eval
+
+    monkeypatch.setattr(dlcore.cli.eval, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    scores = tmp_path / "scores.json"
+    scores.write_text("yesterday's scores")
+    assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                 "--json", str(scores)]) == 2
+    assert "scores.json already exists; pass --overwrite" in one_line(capsys, "eval")
+    model_file, out = tmp_path / "m.caffemodel", tmp_path / "m.pt"
+    model_file.write_bytes(b"weights")
+    out.write_bytes(b"an earlier import")
+    assert main(["import-caffe", str(model_file), "--model", MODEL, "--out", str(out)]) == 2
+    assert "m.pt already exists" in one_line(capsys, "import-caffe")
+    assert scores.read_text() == "yesterday's scores" and out.read_bytes() == b"an earlier import"
+
+
+def test_outputs_write_through_devices_and_fifos(tmp_path, run_dir):
+    import threading
+
+    from dlcore.io import atomic_write_bytes
+
+    device = tmp_path / "null"  # a null device of our own: a failing run must not replace the system's /dev/null
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:  # not root: /dev/null itself is safe, /dev cannot be written
+        device = os.devnull
+    assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                 "--n-val", "1", "--json", str(device)]) == 0
+    assert os.path.exists(device) and not os.path.isfile(device)  # still the device, not a file
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)  # daemon: never hangs
+    reader.start()
+    atomic_write_bytes(fifo, b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and not fifo.is_file() and not list(tmp_path.glob(".*.tmp"))
+    target, link = tmp_path / "scores.json", tmp_path / "latest.json"
+    target.write_text("{}")
+    link.symlink_to(target.name)
+    atomic_write_bytes(link, b"[]")  # as a redirect: through the link, which stays a link
+    assert link.is_symlink() and target.read_bytes() == b"[]"
+
+
+def test_write_protected_files_are_respected(tmp_path, monkeypatch):
+    from dlcore.io import atomic_write_bytes
+
+    kept = tmp_path / "shared.json"
+    kept.write_text("{}")
+    kept.chmod(0o640)
+    atomic_write_bytes(kept, b"[]")
+    assert kept.read_bytes() == b"[]" and (kept.stat().st_mode & 0o777) == 0o640  # a replaced file keeps its mode
+    locked = tmp_path / "ro.json"
+    locked.write_text("{}")
+    locked.chmod(0o444)
+    real_access = os.access  # what the kernel answers a user without override rights (these tests may run as root)
+    monkeypatch.setattr(os, "access",
+                        lambda p, m: False if str(p) == str(locked) and m & os.W_OK else real_access(p, m))
+    with pytest.raises(ValueError, match="ro.json is write-protected \\(mode 444\\)"):
+        atomic_write_bytes(locked, b"[]")
+    assert locked.read_text() == "{}" and (locked.stat().st_mode & 0o777) == 0o444
+
+
+def test_an_output_name_the_file_system_cannot_take_is_refused_before_the_work(run_dir, tmp_path, capsys,
+                                                                              monkeypatch):
+    import dlcore.cli.eval
+
+    monkeypatch.setattr(dlcore.cli.eval, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    for json_path in (tmp_path / ("s" * 250 + ".json"), tmp_path / "new" / ("s" * 250 + ".json")):
+        assert main(["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress",
+                     "--json", str(json_path)]) == 2
+        assert "name" in one_line(capsys, "eval")  # the temporary `.NAME.PID.tmp` would not fit either
+    photo = _photo(tmp_path / ("p" * 250 + ".png"))
+    assert _segment(photo, "--checkpoint", run_dir / "last.pt", "--out", tmp_path / "o") == 2
+    assert "bytes the file system takes" in one_line(capsys, "segment") and not (tmp_path / "o").exists()
+
+
+def test_a_second_train_run_on_one_checkpoint_dir_is_refused(tmp_path, capsys):
+    from dlcore.io import lock_folder
+
+    run = tmp_path / "run"
+    args = ["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(run)]
+    with lock_folder(run, "checkpoint_dir"):  # a first run in progress (the lock is per open file, so this holds)
+        assert main(args) == 2
+        err = one_line(capsys, "train")
+        assert f"in use by another run (pid {os.getpid()})" in err and not (run / "last.pt").exists()
+    assert main(args) == 0  # released: the next run proceeds, and leaves no lock file behind
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+
+
+def test_ctrl_c_before_the_first_checkpoint_does_not_send_to_resume(tmp_path, capsys, monkeypatch):
+    import dlcore.cli.train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dlcore.cli.train, "train", interrupted)
+    assert main(["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")]) == 130
+    err = one_line(capsys, "train")
+    assert "before its first checkpoint" in err and "without --resume" in err
+
+
+def test_figures_smoke_writes_under_build_not_over_the_shipped_figures(monkeypatch, capsys):
+    from pathlib import Path
+
+    from dlcore import figures
+
+    written = []
+    monkeypatch.setattr(figures, "_run_checked", lambda path, out, fig_dir, *a: written.append(Path(fig_dir))
+                        or figures.Result(path.name, 0.0))
+    monkeypatch.setattr(figures, "_write_times", lambda *a: None)
+    assert main(["figures", "--smoke", "--only", "00", "--jobs", "1"]) == 0
+    assert written == [figures.ROOT / "build" / "smoke-figures"]  # was figures/, the committed full-run figures
+    assert "build/smoke-figures" in capsys.readouterr().out
+
+
+def test_a_relative_fig_dir_is_the_notebooks_not_the_working_folders(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlcore import viz
+
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    monkeypatch.setattr(viz, "NOTEBOOKS_DIR", repo / "notebooks")
+    monkeypatch.chdir(repo)  # papermill started from the repository root
+    fig = plt.figure(figsize=(1, 1))
+    path = viz.savefig(fig, "t", "../figures")  # the notebooks' FIG_DIR
+    plt.close(fig)
+    assert path == repo / "figures" / "t.png" and path.is_file() and not (tmp_path / "figures").exists()
+
+
+def _zip(path, members, deflate=False):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            z.writestr(name, data)
+    return path
+
+
+def test_a_damaged_zip_leaves_the_files_already_there(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    archive = _zip(tmp_path / "labels.zip", [("one.png", b"first member"), ("two.png", b"second member")])
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"second member")] ^= 0x01  # stored: the second member's bytes, which now fail its CRC-32
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "two.png").write_bytes(b"the good copy from last time")
+    with pytest.raises(ValueError, match="labels.zip is truncated or damaged"):
+        safe_extract(archive, out)
+    assert sorted(p.name for p in out.iterdir()) == ["two.png"]  # no one.png, no temporary folder
+    assert (out / "two.png").read_bytes() == b"the good copy from last time"
+
+
+def test_archives_are_capped_by_size_and_ratio(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    zeros = bytes(20 << 20)  # 20 MiB that deflate to ~20 KB
+    for archive in (_zip(tmp_path / "bomb.zip", [("x.bin", zeros)], deflate=True),
+                    _tar(tmp_path / "bomb.tar.gz", [("x.bin", tarfile.REGTYPE, None, zeros)], "w:gz")):
+        with pytest.raises(ValueError, match="decompression bomb"):
+            safe_extract(archive, tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_member_under_a_file_member_is_named_before_anything_is_written(tmp_path):
+    from dlcore.data.download import safe_extract
+
+    members = [("first", tarfile.REGTYPE, None, b"1"), ("a", tarfile.REGTYPE, None, b"x"),
+               ("a/b", tarfile.REGTYPE, None, b"y")]
+    for archive in (_tar(tmp_path / "a.tar", members),
+                    _zip(tmp_path / "a.zip", [("first", b"1"), ("a", b"x"), ("a/b", b"y")])):
+        with pytest.raises(ValueError, match=f"{archive.name}: member 'a/b' lies under the file member 'a'"):
+            safe_extract(archive, tmp_path / "out")
+        assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_detected(tmp_path, capsys):
+    model = build_model(MODEL, width=W)
+    state = model.state_dict()
+    state["head.fc8.bias"].fill_(0.123456)  # a value to find in the file
+    path = save_checkpoint(tmp_path / "m.pt", model=state, step=0, meta=checkpoint_meta(model))
+    data = bytearray(path.read_bytes())
+    data[data.index(np.float32(0.123456).tobytes()) + 3] ^= 0x10  # one exponent bit: still finite, far from 0.12
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="m.pt is not a readable dlcore checkpoint.*fails its CRC-32 check"):
+        load_checkpoint(path)
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", path, "--out", tmp_path / "out") == 2
+    assert "CRC-32" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("payload, match", [
+    ("pickle", "pickled Python objects other than tensors"), ("text", "not a file torch.save writes"),
+])
+def test_train_weights_that_are_not_weights_are_named(tmp_path, capsys, payload, match):
+    weights = tmp_path / "w.pt"
+    if payload == "pickle":
+        torch.save({"features.0.weight": torch.zeros(1), "hook": _Payload()}, weights)
+    else:
+        weights.write_text("root:x:0:0:root:/root:/bin/bash\n")  # /etc/passwd: was "list index out of range"
+    assert main(["train", "--model", MODEL, *TINY[2:], "--width", "1", "--steps", "1",
+                 "--weights", str(weights), "--checkpoint-dir", str(tmp_path / "run")]) == 2
+    err = one_line(capsys, "train")
+    assert "w.pt is not a readable weights file" in err and match in err and "weights_only=False" not in err
+
+
+class _Payload:
+    def __reduce__(self):  # what a hostile file holds: a call that would run on an unguarded load
+        return (os.system, ("echo this must not run",))
+
+
+def test_scores_that_overflow_are_named_not_segmented_as_background(tmp_path, capsys):
+    model = build_model(MODEL, width=W)
+    state = model.state_dict()
+    state["backbone.features.0.weight"][0, 0, 0, 0] = 3e38  # finite, so the load-time check passes; it overflows
+    ck = save_checkpoint(tmp_path / "big.pt", model=state, step=0, meta=checkpoint_meta(model))
+    photo = _photo(tmp_path / "a.png")
+    for crf in ([], ["--crf"]):  # exit 0 and all class 0 before; with --crf: "pass softmax probabilities, not logits"
+        assert _segment(photo, "--checkpoint", ck, "--out", tmp_path / "out", *crf) == 2
+        err = one_line(capsys, "segment")
+        assert "NaN or Inf" in err and "backbone.features.0" in err and "3e+38" in err and "logits" not in err
+        assert not any((tmp_path / "out").iterdir())
+
+
+def test_32_bit_integer_images_are_refused_whatever_their_values(tmp_path, ckpt, capsys):
+    from dlcore.data import read_image
+
+    grey = np.arange(16 * 20, dtype=np.int32).reshape(16, 20) % 256
+    Image.fromarray(grey).save(tmp_path / "int32.tif")  # 0..255 in 32 bits: was read as 16-bit, pixels 0..1
+    with pytest.raises(ValueError, match="int32.tif holds 32-bit integer pixels"):
+        read_image(tmp_path / "int32.tif")
+    assert _segment(tmp_path / "int32.tif", "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    assert "32-bit" in one_line(capsys, "segment") and not (tmp_path / "out").exists()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.pgm")  # 16-bit PGM: PIL's mode "I" too
+    assert int(read_image(tmp_path / "deep.pgm").max()) == 255
+
+
+def test_compat_bounds_its_memory_up_front(monkeypatch):
+    import dlcore.crf.compat as dcrf
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 8 << 30)  # an 8 GB laptop
+    start = time.perf_counter()
+    for W, H, L in ((1500, 1500, 255), (6000, 6000, 2)):  # ~30 GB at inference; a 10 GB lattice
+        with pytest.raises(ValueError, match=f"DenseCRF2D\\(W={W}, H={H}, L={L}\\).*GiB"):
+            dcrf.DenseCRF2D(W, H, L)
+    d = dcrf.DenseCRF(400 * 400, 2000)  # the generic class: checked when a kernel is added, with its own D
+    with pytest.raises(ValueError, match="3-D kernel on DenseCRF\\(N=160000, L=2000\\).*GiB"):
+        d.addPairwiseEnergy(np.zeros((3, 400 * 400), np.float32), compat=3)
+    assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, p: dense_crf(np.zeros((4, 5, 3), np.uint8), p.tolist()), "probs must be a numpy"),  # AttributeError
+    (lambda m, p: m.unary_from_labels(np.zeros((4, 5), np.int64), 1, 0.7, zero_unsure=False), "n_labels"),  # 1 / 0
+    (lambda m, p: m.unary_from_softmax(p, scale="x"), "scale"),  # TypeError: '<' between str and int
+    (lambda m, p: m.unary_from_softmax(p, clip="x"), "clip"),
+    (lambda m, p: m.unary_from_labels(np.zeros((4, 5), np.int64), 3, "0.7"), "gt_prob"),
+])
+def test_small_crf_api_errors_name_the_argument(call, match):
+    import dlcore.crf.compat as dcrf
+
+    probs = np.full((2, 4, 5), 0.5, np.float32)
+    with pytest.raises(ValueError, match=match):
+        call(dcrf, probs)
+
+
+def test_segment_estimates_its_memory_before_decoding(tmp_path, ckpt, capsys, monkeypatch):
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 4 << 30)
+    big = _png_claiming(tmp_path / "big.png", 13000, 13000)  # under PIL's bomb limit: it peaked at 9.3 GB
+    start = time.perf_counter()
+    assert _segment(_photo(tmp_path / "a.png"), big, "--checkpoint", ckpt, "--out", tmp_path / "out") == 2
+    err = one_line(capsys, "segment")
+    assert "big.png (13000 x 13000 pixels" in err and "GiB, more than the 4.0 GiB available" in err
+    assert time.perf_counter() - start < 10 and not (tmp_path / "out").exists()
+    assert _segment(_photo(tmp_path / "a.png"), "--checkpoint", ckpt, "--out", tmp_path / "out", "--max-side",
+                    "4096", "--crf") == 0  # a small photo: --max-side does not resize it, and it fits
+
+
+def test_a_1_x_1_image_segments_without_a_warning(tmp_path, ckpt, capsys):
+    import warnings
+
+    photo = _photo(tmp_path / "dot.png", size=(1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was torch's "The given NumPy array is not writable"
+        assert _segment(photo, "--checkpoint", ckpt, "--out", tmp_path / "out") == 0
+    assert "Warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    ("train", "--size", "20000"), ("train", "--crop", "20000"), ("train", "--batch-size", "0"),
+    ("train", "--lr", "inf"),
+    ("train", "--seed", "-1"), ("train", "--checkpoint-every", "-5"), ("eval", "--scales", "200"),
+    ("segment", "--max-side", "100000"),
+    ("crf-search", "--size", "20000"), ("import-caffe", "--num-classes", "0"),
+])
+def test_numeric_flags_are_range_checked_by_name(run_dir, tmp_path, capsys, monkeypatch, command, flag, value):
+    import importlib
+
+    def too_late(*a, **k):  # past the flag checks: a missing check must fail here, not allocate 10 GB
+        raise AssertionError(f"{flag} {value} was not checked before the work started")
+
+    module = importlib.import_module(f"dlcore.cli.{command.replace('-', '_')}")
+    monkeypatch.setattr(module, {"train": "open_dataset", "eval": "load_checkpoint", "segment": "collect_images",
+                                 "crf-search": "open_dataset", "import-caffe": "check_output_file"}[command], too_late)
+    ck = str(run_dir / "last.pt")
+    base = {"train": ["train", "--model", MODEL, *TINY, "--steps", "1", "--checkpoint-dir", str(tmp_path / "r")],
+            "eval": ["eval", "--checkpoint", ck, "--device", "cpu", "--no-progress"],
+            "segment": ["segment", str(_photo(tmp_path / "a.png")), "--checkpoint", ck, "--out", str(tmp_path / "o")],
+            "crf-search": ["crf-search", "--model", MODEL, "--checkpoint", ck, "--data", "synthetic",
+                           "--device", "cpu"],
+            "import-caffe": ["import-caffe", ck, "--model", MODEL, "--out", str(tmp_path / "m.pt")]}[command]
+    start = time.perf_counter()
+    assert main(base + [flag, value]) == 2  # argparse: the last occurrence of a flag wins
+    err = one_line(capsys, command)
+    assert f"{flag} must be" in err and time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "crf-search"])
+def test_train_eval_and_crf_search_estimate_their_memory_first(run_dir, tmp_path, capsys, monkeypatch, command):
+    import dlcore.crf.lattice
+
+    monkeypatch.setattr(dlcore.crf.lattice, "available_memory_bytes", lambda device: 64 << 20)  # 64 MiB free
+    if command == "train":  # allowed sizes, too much for the memory: the estimate names the flags to lower
+        args = ["train", "--model", MODEL, *TINY, "--steps", "1", "--size", "1024", "--checkpoint-dir",
+                str(tmp_path / "r")]
+    elif command == "eval":
+        args = ["eval", "--checkpoint", str(run_dir / "last.pt"), "--device", "cpu", "--no-progress", "--n-val", "1",
+                "--scales", "4", "--size", "256"]
+    else:
+        args = ["crf-search", "--model", MODEL, "--checkpoint", str(run_dir / "last.pt"), "--data", "synthetic",
+                "--size", "1024", "--n-heldout", "1", "--device", "cpu", "--no-progress"]
+    assert main(args) == 2
+    err = one_line(capsys, command)
+    assert "GiB, more than the 0.1 GiB available" in err and "lower --" in err
+    assert not (tmp_path / "r" / "last.pt").exists()

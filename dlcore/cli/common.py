@@ -7,6 +7,7 @@ fix`, with exit code 2 for bad usage or input (ValueError, a missing file) and 1
 
 from __future__ import annotations
 
+import math
 import sys
 
 from dlcore import resolve_device
@@ -65,6 +66,41 @@ def add_run_arguments(parser) -> None:
 def check_device(args) -> None:
     """The cheap check first: a typo in --device must not cost a data set build or a model."""
     resolve_device(args.device)
+
+
+# The largest image side any command takes: VOC's images are at most 500 pixels, and DeepLab's training crop
+# is 321 or 513; a larger side is almost always a typo, and its memory grows with its square.
+MAX_SIDE = 4096
+
+
+def check_flags(**ranges) -> None:
+    """Check numeric flags before any work: flag=(value, low, high), the flag's name written with `_` for `-`
+    (`batch_size` for --batch-size); a value of None (a flag left out) passes. A value outside [low, high]
+    (a bound None: open) or not finite is a ValueError naming the flag, its range and the value, where the
+    allocator or torch would fail much later naming neither."""
+    for name, (value, low, high) in ranges.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if not (math.isfinite(v) and (low is None or v >= low) and (high is None or v <= high)):
+                bounds = f">= {low:g}" if high is None else f"in {low:g}..{high:g}"
+                raise ValueError(f"--{name.replace('_', '-')} must be {bounds}, got {v:g}")
+
+
+def check_scoring_memory(model, dataset, *, scales=(1.0,), batch_size: int = 1, crf: bool = False, device="cpu",
+                         fix: str = "lower --scales, --size or --batch-size") -> None:
+    """eval and crf-search: the network (and the CRF's lattice) on the dataset's largest input, a synthetic scene's
+    side or VOC's longest (500 pixels), at the largest scale, refused up front when it does not fit."""
+    from dlcore import resolve_device
+    from dlcore.crf.lattice import lattice_memory_bytes
+    from dlcore.measure import check_memory, inference_bytes
+
+    side = math.ceil(max(scales) * max(getattr(dataset, "height", 500), getattr(dataset, "width", 500)))
+    crf_bytes = lattice_memory_bytes(batch_size * side * side, 5, dataset.num_classes) if crf else 0
+    check_memory(inference_bytes(model, batch_size, side, side) + crf_bytes, resolve_device(device),
+                 f"scoring at --scales up to {max(scales):g} (inputs of {side} x {side} pixels, "
+                 f"batches of {batch_size}{', with the CRF' if crf else ''})", fix)
 
 
 def checkpoint_crf(on: bool, meta: dict):

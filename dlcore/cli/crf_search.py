@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 from dlcore.checkpoint import check_num_classes, checkpoint_normalize, load_checkpoint, load_model
-from dlcore.cli.common import add_run_arguments, check_device, guarded, open_dataset
+from dlcore.cli.common import (MAX_SIDE, add_run_arguments, check_device, check_flags, check_scoring_memory, guarded,
+                               open_dataset)
 from dlcore.crf import DEFAULTS, DenseCRF
 from dlcore.crf.search import crf_search, format_crf_search
 from dlcore.inference import Predictor
@@ -35,9 +36,8 @@ def run_crf_search(args) -> int:
 
 def _run_crf_search(args) -> int:
     # the arguments first, before any data or network is loaded
+    check_flags(n_heldout=(args.n_heldout, 1, None), size=(args.size, 16, MAX_SIDE))
     check_device(args)
-    if args.n_heldout < 1:
-        raise ValueError(f"--n-heldout must be >= 1 held-out image (papers: 100), got {args.n_heldout}")
     for a, b, c in itertools.product(args.w1, args.sigma_alpha, args.sigma_beta):
         DenseCRF(args.iterations, w1=a, sigma_alpha=b, sigma_beta=c, w2=args.w2, sigma_gamma=args.sigma_gamma)
     split = args.split if args.data == "voc" else "val"
@@ -45,6 +45,7 @@ def _run_crf_search(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     model = load_model(checkpoint, name=args.model, device="cpu")
     check_num_classes(checkpoint, dataset.num_classes, description)  # the same check as eval
+    check_scoring_memory(model, dataset, crf=True, device=args.device, fix="lower --size (synthetic data)")
     predictor = Predictor(model, device=args.device, crf=False, normalize=checkpoint_normalize(checkpoint),
                           channels_last=False)
     result = crf_search(predictor, dataset, n_heldout=args.n_heldout, w1=args.w1, sigma_alpha=args.sigma_alpha,

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from dlcore.checkpoint import check_num_classes, checkpoint_normalize, load_checkpoint, load_model
-from dlcore.cli.common import add_run_arguments, check_device, checkpoint_crf, guarded, open_dataset
-from dlcore.inference import check_scales, evaluate
+from dlcore.cli.common import (MAX_SIDE, add_run_arguments, check_device, check_flags, check_scoring_memory,
+                               checkpoint_crf, guarded, open_dataset)
+from dlcore.inference import evaluate
 from dlcore.io import atomic_write_bytes, check_output_file
 
 
@@ -30,6 +31,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="synthetic data seed (default: the training seed)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the scores to OUT as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --json OUT if it exists (default: refuse to)")
     add_run_arguments(p)
 
 
@@ -37,8 +39,6 @@ def eval_data(args, trained_on: dict):
     """(dataset, description): the eval options, where not given what the checkpoint was trained on."""
     trained_on = trained_on if isinstance(trained_on, dict) else {}
     seed = args.seed if args.seed is not None else trained_on.get("seed", 0)
-    if args.size is not None and args.size < 16:  # `or` below would silently take the training size for 0
-        raise ValueError(f"--size {args.size} is too small; give at least 16 (or leave it out: the training size)")
     return open_dataset(args.data or trained_on.get("data", "synthetic"), args.split,
                         root=args.root or trained_on.get("root"), n=args.n_val,
                         size=args.size or trained_on.get("size", 128), seed=seed)
@@ -61,19 +61,20 @@ def run_eval(args) -> int:
 
 
 def _run_eval(args) -> int:
+    check_flags(scales=(args.scales, 0.125, 4), size=(args.size, 16, MAX_SIDE),
+                batch_size=(args.batch_size, 1, 1024), seed=(args.seed, 0, 2**32 - 1))
     check_device(args)
-    check_scales(args.scales)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.json:  # before the evaluation, not after minutes of it
         if Path(args.json).resolve() == Path(args.checkpoint).resolve():
             raise ValueError(f"--json {args.json} is the checkpoint being evaluated; write the scores to another file")
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", args.overwrite)
     state = load_checkpoint(args.checkpoint)
     model = load_model(state, name=args.model, device=args.device)
     meta = state.get("meta") or {}
     dataset, description = eval_data(args, meta.get("data") or {})
     check_num_classes(state, dataset.num_classes, description)
+    check_scoring_memory(model, dataset, scales=args.scales, batch_size=args.batch_size, crf=args.crf,
+                         device=args.device)
     scores = evaluate(model, dataset, dataset.num_classes, device=args.device, normalize=checkpoint_normalize(state),
                       scales=args.scales, flip=args.flip, crf=checkpoint_crf(args.crf, meta),
                       batch_size=args.batch_size, progress=not args.no_progress)

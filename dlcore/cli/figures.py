@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 
 from dlcore.cli.common import add_debug_argument, add_device_argument, check_device, guarded
-from dlcore.figures import (CHECK_OUTPUT, ROOT, NotebookFailed, checked_cells, default_jobs, notebooks, run_all,
-                            store_checked_outputs, table)
+from dlcore.figures import (CHECK_OUTPUT, ROOT, NotebookFailed, checked_cells, default_fig_dir, default_jobs, notebooks,
+                            run_all, store_checked_outputs, table)
 
 
 def add_figures_arguments(parser) -> None:
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (what the tests run)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes and steps (what the tests run); figures to build/smoke-figures/, not figures/")
     parser.add_argument("--only", metavar="NN", help="run only the notebooks whose name starts with NN, e.g. 02")
     parser.add_argument("--store-checked", action="store_true",
                         help=f"after the run, store the outputs of the cells marked '{CHECK_OUTPUT}' in notebooks/ "
@@ -36,6 +37,7 @@ def _run_figures(args) -> int:
         print("\n".join(lines[1:]), file=sys.stderr)
         raise NotebookFailed(f"{lines[0]}; its executed copy is in build/notebooks/") from None
     print(table(results))
+    print(f"figures written to {default_fig_dir(args.smoke)}/")
     if args.store_checked:
         out_dir = ROOT / "build" / "notebooks"
         for path in notebooks(args.only):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dlcore.caffe import import_caffe, read_caffemodel
 from dlcore.checkpoint import checkpoint_meta, save_checkpoint
-from dlcore.cli.common import add_debug_argument, guarded
+from dlcore.cli.common import add_debug_argument, check_flags, guarded
 from dlcore.crf import paper_crf
 from dlcore.io import check_output_file
 from dlcore.models import build_model
@@ -17,6 +17,7 @@ def add_import_caffe_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="dlcore model name, e.g. deeplab-v1-largefov or "
                         "deeplab-v2-resnet101-aspp-l-msc (python -c 'import dlcore.models as m; print(m.available())')")
     parser.add_argument("--out", required=True, help="the dlcore checkpoint to write (e.g. largefov.pt)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse to)")
     parser.add_argument("--num-classes", type=int, default=21, help="classes of the file's score layer (21 for VOC)")
     parser.add_argument("--dataset", default=None,
                         help="suffix of the class-score layers (fc8_<dataset>, fc1_<dataset>_c0); default: found in the file")
@@ -34,12 +35,13 @@ def run_import_caffe(args) -> int:
 
 
 def _run_import_caffe(args) -> int:
+    check_flags(num_classes=(args.num_classes, 1, None))
     # the output first: it must not be the input (that would replace the caffemodel), nor a folder
     source, out = Path(args.caffemodel), Path(args.out)
     if out.resolve() == source.resolve():
         raise ValueError(f"--out {out} is the input caffemodel itself; write the checkpoint to another file "
                          f"(e.g. {source.with_suffix('.pt')})")
-    check_output_file(out, "--out")
+    check_output_file(out, "--out", args.overwrite)
     options = {}
     if args.output_stride is not None:
         options["output_stride"] = args.output_stride

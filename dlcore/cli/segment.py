@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 
 from dlcore.checkpoint import checkpoint_normalize, load_checkpoint, load_model
-from dlcore.cli.common import add_run_arguments, check_device, checkpoint_crf, guarded
-from dlcore.data import read_image
+from dlcore.cli.common import MAX_SIDE, add_run_arguments, check_device, check_flags, checkpoint_crf, guarded
+from dlcore.data import image_size, read_image
 from dlcore.inference import Predictor
 from dlcore.io import atomic_write, check_output_dir
-from dlcore.segment import collect_images, fit_max_side, image_writer, plan_outputs, segment_image
+from dlcore.segment import check_segment_memory, collect_images, image_writer, plan_outputs, segment_image
 from dlcore.viz import overlay
 
 
@@ -30,6 +30,8 @@ def add_segment_arguments(parser) -> None:
     parser.add_argument("--max-side", type=int, default=1024,
                         help="resize so the longer side is at most this many pixels; labels resized back (nearest)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="overlay file type")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace label maps and overlays already in --out (default: refuse to)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours, 0..1")
     add_run_arguments(parser)
 
@@ -37,24 +39,26 @@ def add_segment_arguments(parser) -> None:
 def _prepare(args):
     """Every check that can fail on the inputs, before any output exists: -> (plan, checkpoint, model).
 
-    The cheap checks (arguments, paths) come first, so a typo is reported before the model loads.
+    The cheap checks (arguments, paths) come first, so a typo is reported before the model loads; the images'
+    sizes are read from their headers, and the memory the largest needs is estimated before any is decoded.
     """
     if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
         raise ValueError(f"--alpha must be an opacity in [0, 1] (0 = photo only, 1 = labels only), got {args.alpha}")
-    fit_max_side(1, 1, args.max_side)
+    check_flags(max_side=(args.max_side, 1, MAX_SIDE))
     check_device(args)
     paths = collect_images(args.inputs)
-    plan = plan_outputs(paths, args.out, args.overlay_format, also_read=[args.checkpoint])
     check_output_dir(args.out, "--out")
-    for p in paths:  # decode every image once now, so a bad one stops the run before anything is written
-        read_image(p)
+    plan = plan_outputs(paths, args.out, args.overlay_format, also_read=[args.checkpoint], overwrite=args.overwrite)
+    sizes = {p: image_size(p) for p in paths}
     checkpoint = load_checkpoint(args.checkpoint)
     model = load_model(checkpoint, name=args.model, device="cpu")
     if model.num_classes > 256:
         raise ValueError(f"the checkpoint predicts {model.num_classes} classes; a label PNG holds at most 256 (0..255)")
+    largest = max(paths, key=lambda p: sizes[p][0] * sizes[p][1])
+    check_segment_memory(model, largest, *sizes[largest], args.max_side, args.crf, args.device)
+    for p in paths:  # decode every image once now, so a bad one stops the run before anything is written
+        read_image(p)
     return plan, checkpoint, model
-
-
 def run_segment(args) -> int:
     return guarded("segment", _segment, args)
 
@@ -70,8 +74,8 @@ def _segment(args) -> int:
     for p, label_path, overlay_path in tqdm(plan, desc="segment", unit="image", disable=args.no_progress):
         image = read_image(p)
         labels = segment_image(predictor, image, args.max_side)
+        blend = overlay(image.permute(1, 2, 0).numpy(), labels, alpha=args.alpha)  # both made before either is written
         atomic_write(label_path, image_writer(labels, label_path, palette=True))
-        blend = overlay(image.permute(1, 2, 0).numpy(), labels, alpha=args.alpha)
         atomic_write(overlay_path, image_writer(blend, overlay_path))
     print(f"segment: {len(plan)} image(s) -> {out}/ (<stem>.png labels, <stem>_overlay.{args.overlay_format})")
     return 0

@@ -10,9 +10,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from dlcore.cli.common import add_run_arguments, check_device, command_error, open_dataset
+from dlcore import resolve_device
+from dlcore.cli.common import (MAX_SIDE, add_run_arguments, check_device, check_flags, command_error,
+                               open_dataset)
 from dlcore.data import transforms
 from dlcore.io import check_output_dir, clean_stale_temporaries
+from dlcore.measure import check_memory, training_bytes
 from dlcore.models import build_model
 from dlcore.train import IGNORE_INDEX, train
 
@@ -90,8 +93,11 @@ def run_train(args) -> int:
     try:
         return _run_train(args)
     except KeyboardInterrupt:
-        print(f"python -m dlcore train: interrupted; continue from the last checkpoint with the same command and "
-              f"--resume ({args.checkpoint_dir}/last.pt)", file=sys.stderr)
+        last = Path(args.checkpoint_dir) / "last.pt"
+        fix = (f"continue from the last checkpoint with the same command and --resume ({last})" if last.is_file() else
+               f"it stopped before its first checkpoint, so nothing was saved; run the same command again "
+               f"(without --resume)")
+        print(f"python -m dlcore train: interrupted; {fix}", file=sys.stderr)
         return 130
     except Exception as e:
         return command_error("train", e, args)
@@ -99,6 +105,10 @@ def run_train(args) -> int:
 
 def _run_train(args) -> int:
     # the cheap checks first: a typo must not cost a data set build or a model
+    check_flags(steps=(args.steps, 1, None), batch_size=(args.batch_size, 1, 4096), lr=(args.lr, 1e-9, 10),
+                size=(args.size, 16, MAX_SIDE), crop=(args.crop, 16, MAX_SIDE),
+                checkpoint_every=(args.checkpoint_every, 0, None), seed=(args.seed, 0, 2**32 - 1),
+                num_workers=(args.num_workers, 0, 256))
     check_device(args)
     check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
     if int(os.environ.get("RANK", "0")) == 0:  # the rank that writes last.pt; other nodes cannot see its PIDs
@@ -107,6 +117,11 @@ def _run_train(args) -> int:
     options = {k: v for k, v in (("output_stride", args.output_stride), ("weights", args.weights)) if v is not None}
     torch.manual_seed(args.seed)  # the init too: the same command gives the same weights
     model = build_model(args.model, num_classes=dataset.num_classes, width=args.width, **options)
+    side = args.crop or (321 if args.data == "voc" else args.size)  # what train_data crops to
+    batch = args.batch_size // int(os.environ.get("WORLD_SIZE", "1"))  # per process
+    check_memory(training_bytes(model, batch, side, side), resolve_device(args.device),
+                 f"training {args.model} (--width {args.width:g}) on batches of {batch} x {side} x {side} pixels",
+                 "lower --batch-size, --crop / --size or --width")
     workers = args.num_workers if args.num_workers is not None else (0 if args.data == "synthetic"
                                                                       else min(8, os.cpu_count() or 1))
     result = train(model, dataset, steps=args.steps, batch_size=args.batch_size, lr=args.lr, device=args.device,

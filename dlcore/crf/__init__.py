@@ -248,6 +248,9 @@ def dense_crf(image, probs, iterations: int = DEFAULTS["iterations"], *, w1: flo
     _check_params(iterations, w1, sigma_alpha, sigma_beta, w2, sigma_gamma, normalization, max_memory_bytes)
     if trace is not None and not isinstance(trace, list):
         raise ValueError(f"trace must be None or a list to fill with the mean-field steps, got {type(trace).__name__}")
+    if not isinstance(probs, np.ndarray) and not torch.is_tensor(probs):  # a list has no .shape / .device
+        raise ValueError(f"probs must be a numpy array or a torch tensor [L,H,W], got a {type(probs).__name__}; "
+                         "pass np.asarray(probs, dtype=np.float32)")
     if np.ndim(probs) == 3 and iterations:  # the lattice estimate from the shapes alone: before any copy or check
         device = probs.device if torch.is_tensor(probs) else torch.device("cpu")
         num_labels, h, w = probs.shape

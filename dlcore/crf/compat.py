@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dlcore.crf import MAX_WEIGHT, MIN_SIGMA
-from dlcore.crf.lattice import FusedFilter, PermutohedralLattice
+from dlcore.crf.lattice import FusedFilter, PermutohedralLattice, check_lattice_fits
 from dlcore.crf.meanfield import kernel_scales, kl_divergence, mean_field
 
 __all__ = [
@@ -194,6 +194,8 @@ class DenseCRF:
             raise ValueError(f"normalization must be one of NO_NORMALIZATION, NORMALIZE_BEFORE, NORMALIZE_AFTER, "
                              f"NORMALIZE_SYMMETRIC, got {normalization!r}")
         compat = _compatibility(compat, self._nlabel)
+        _check_fits(self._nvar, features.shape[1], self._nlabel, f"a {features.shape[1]}-D kernel on "
+                    f"DenseCRF(N={self._nvar}, L={self._nlabel})")
         lattice = PermutohedralLattice(features)
         self._kernels.append((lattice, compat, _NORMALIZATION[NormalizationType(normalization)]))
         self._message = None
@@ -263,6 +265,15 @@ class DenseCRF:
         return torch.from_numpy(np.ascontiguousarray(Q.T))
 
 
+def _check_fits(n: int, d: int, labels: int, what: str) -> None:
+    """The lattice's memory with every label filtered through it (inference filters all L at once), named by
+    the call that asks for it: DenseCRF2D(1500, 1500, 255) wanted ~30 GB, found only by the allocator."""
+    try:
+        check_lattice_fits(n, d, labels, torch.device("cpu"))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
 def _finite(q: torch.Tensor, where: str) -> torch.Tensor:
     """Q, unless it holds NaN / Inf: never hand back NaN as if it were a distribution (dense_crf does the same)."""
     if not torch.isfinite(q).all():
@@ -277,6 +288,9 @@ class DenseCRF2D(DenseCRF):
 
     def __init__(self, W, H, L):
         self.W, self.H = _count(W, "W (image width)"), _count(H, "H (image height)")
+        # up front, as dense_crf does: the bilateral kernel's 5-D lattice carrying all L labels is the largest
+        # buffer (pydensecrf users add it), before the coordinate grids below take 8 bytes a pixel
+        _check_fits(self.W * self.H, 5, _count(L, "L (number of labels)"), f"DenseCRF2D(W={W}, H={H}, L={L})")
         super().__init__(self.W * self.H, L)
         y, x = np.mgrid[:self.H, :self.W].astype(np.float32)
         self._x, self._y = x.ravel(), y.ravel()
@@ -325,10 +339,12 @@ def unary_from_softmax(sm, scale=None, clip=1e-5):
                          "not the logits themselves")
     num_cls = sm.shape[0]
     if scale is not None:
-        if not 0 < scale <= 1:
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale <= 1:
             raise _AssertionValueError(f"`scale` needs to be in (0,1], got {scale!r} (the softmax's certainty)")
         sm = scale * sm + (1 - scale) * (np.ones(sm.shape) / num_cls)
     if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, numbers.Real) or not 0 <= clip < 1:
+            raise ValueError(f"clip must be None or a floor on P in [0, 1) (default 1e-5), got {clip!r}")
         sm = np.clip(sm, clip, 1.0)
     return np.ascontiguousarray(-np.log(sm).reshape([num_cls, -1]).astype(np.float32))
 
@@ -338,7 +354,10 @@ def unary_from_labels(labels, n_labels, gt_prob, zero_unsure=True):
 
     zero_unsure: 0 means "unknown" (uniform P) and labels are 1..n_labels (n_labels does not count 0);
     otherwise labels are 0..n_labels-1. As pydensecrf.utils.unary_from_labels."""
-    if not 0 < gt_prob < 1:
+    if isinstance(n_labels, bool) or not isinstance(n_labels, numbers.Integral) or n_labels < 2:
+        raise ValueError(f"n_labels must be an integer >= 2 (the other labels share 1 - gt_prob), got {n_labels!r}"
+                         + (" (with zero_unsure, 0 is 'unknown' and not counted)" if zero_unsure else ""))
+    if isinstance(gt_prob, bool) or not isinstance(gt_prob, numbers.Real) or not 0 < gt_prob < 1:
         raise _AssertionValueError(f"`gt_prob must be in (0,1), got {gt_prob!r} (the certainty of the annotation)")
     labels = np.asarray(labels).flatten()
     if not np.issubdtype(labels.dtype, np.integer):

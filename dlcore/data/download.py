@@ -18,6 +18,7 @@ import lzma
 import os
 import shutil
 import tarfile
+import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -161,28 +162,72 @@ def _check_tar_members(members, dest: Path, archive) -> None:
 
 
 _DAMAGED = "is truncated or damaged ({}); delete it and download it again"
+# An archive whose members add up to more than this many times its own size, and to more than RATIO_FLOOR bytes,
+# is refused as a decompression bomb: the VOC tar is ~1x, zips of PNGs ~1x, compressed text ~10x.
+MAX_RATIO = 100
+RATIO_FLOOR = 16 << 20
 
 
-def safe_extract(archive, dest) -> list[str]:
+def safe_extract(archive, dest, *, max_ratio: float = MAX_RATIO) -> list[str]:
     """Unpack a tar (any compression) or zip into `dest`; returns the member names.
 
     Everything is checked before anything is written: a member with an absolute path or `..`, a member that
     the archive's own symlinks (chains included) would carry outside `dest`, a symlink or hardlink whose target
-    lies outside it, or a device / FIFO raises ValueError and nothing is extracted. A truncated or damaged
-    archive is a ValueError too (tarfile / zlib / zipfile raise several other kinds).
+    lies outside it, a device / FIFO, a member under a file member (`a`, then `a/b`), members that add up to
+    more than the free space at `dest` or to more than `max_ratio` times the archive (a decompression bomb)
+    raise ValueError and nothing is extracted. The members are then unpacked into a temporary folder inside
+    `dest` and moved into place only once every one has been read and verified (zip CRCs, tar sizes), so a
+    truncated or damaged archive is a ValueError that leaves `dest` as it was (tarfile / zlib / zipfile raise
+    several other kinds).
     """
     archive, dest = Path(archive), Path(dest)
     if not archive.is_file():
         raise FileNotFoundError(f"archive {archive} does not exist")
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
+    staging = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".extract", dir=dest))
     try:
-        return _extract(archive, dest)
-    except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError) as e:
-        raise ValueError(f"{archive} " + _DAMAGED.format(f"{type(e).__name__}: {e}")) from None
+        try:
+            names = _extract(archive, dest, staging, max_ratio)
+        except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise ValueError(f"{archive} " + _DAMAGED.format(f"{type(e).__name__}: {e}")) from None
+        _move_into(staging, dest, archive)
+        return names
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _extract(archive: Path, dest: Path) -> list[str]:
+def _check_tree(entries, archive) -> None:
+    """entries: (name, is_file) in archive order. Refuse a member under a file member (`a`, then `a/b`) or a file
+    member where an earlier one made a folder: extraction would fail half-way with NotADirectoryError."""
+    files, folders = set(), set()
+    for name, is_file in entries:
+        parts = tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "."))
+        for i in range(1, len(parts)):
+            if parts[:i] in files:
+                raise ValueError(f"{archive}: member {name!r} lies under the file member {'/'.join(parts[:i])!r}; "
+                                 "the archive is malformed: delete it and download it again")
+            folders.add(parts[:i])
+        if is_file and parts in folders:
+            raise ValueError(f"{archive}: file member {name!r} has the name of a folder in the archive; "
+                             "the archive is malformed: delete it and download it again")
+        (files if is_file else folders).add(parts)
+
+
+def _check_size(total: int, archive: Path, dest: Path, max_ratio: float) -> None:
+    """Refuse, from the members' declared sizes (the most that zipfile and tarfile will write), an archive that
+    would fill the disk or is a decompression bomb."""
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise ValueError(f"{archive} unpacks to {total / 2**30:.2f} GiB, but only {free / 2**30:.2f} GiB are free "
+                         f"at {dest}; free some space or unpack it elsewhere")
+    ratio = total / max(1, archive.stat().st_size)
+    if total > RATIO_FLOOR and ratio > max_ratio:
+        raise ValueError(f"{archive} unpacks to {total / 2**20:.0f} MiB, {ratio:.0f}x its own size (the limit is "
+                         f"{max_ratio:g}x): a decompression bomb, not a data set; delete it and check its source")
+
+
+def _extract(archive: Path, dest: Path, staging: Path, max_ratio: float) -> list[str]:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             infos = z.infolist()
@@ -191,16 +236,43 @@ def _extract(archive: Path, dest: Path) -> list[str]:
                 mode = info.external_attr >> 16
                 if mode and (mode & 0o170000) not in (0, 0o100000, 0o040000):  # only files and folders
                     raise ValueError(f"{archive}: refusing member {info.filename!r}: not a plain file or folder")
-            z.extractall(dest)
+            _check_tree([(i.filename, not i.is_dir()) for i in infos], archive)
+            _check_size(sum(i.file_size for i in infos), archive, dest, max_ratio)
+            z.extractall(staging)  # reads every member to its end, so each one's CRC-32 is checked
             return [i.filename for i in infos]
     if not tarfile.is_tarfile(archive):
         raise ValueError(f"{archive} is neither a tar nor a zip archive; delete it and download it again")
     with tarfile.open(archive) as tar:
         members = tar.getmembers()  # reads every header: a truncated archive fails here, before any write
         _check_tar_members(members, dest, archive)
+        _check_tree([(m.name, m.isfile() or m.islnk()) for m in members if not m.issym()], archive)  # links: above
+        _check_size(sum(m.size for m in members if m.isfile()), archive, dest, max_ratio)
         kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # belt and braces on new Pythons
-        tar.extractall(dest, members=members, **kwargs)
+        tar.extractall(staging, members=members, **kwargs)
         return [m.name for m in members]
+
+
+def _move_into(staging: Path, dest: Path, archive: Path) -> None:
+    """Move the unpacked tree into `dest`, merging into the folders already there. Every clash is found before
+    the first move, and each move is a rename in one file system, so `dest` gets all of it or nothing new."""
+    moves = []
+
+    def plan(src: Path, target: Path) -> None:
+        for entry in sorted(os.scandir(src), key=lambda e: e.name):
+            to = target / entry.name
+            here_folder = to.is_dir() and not to.is_symlink()  # never merge through a link already at dest
+            if entry.is_dir(follow_symlinks=False) and here_folder:
+                plan(Path(entry.path), to)
+            elif here_folder or (entry.is_dir(follow_symlinks=False) and os.path.lexists(to)):
+                raise ValueError(f"{archive}: {to} already exists as a {'folder' if here_folder else 'file or link'}"
+                                 f" where the archive has a {'file' if here_folder else 'folder'}; move it away "
+                                 "and unpack again")
+            else:
+                moves.append((entry.path, to))
+
+    plan(staging, dest)
+    for src, to in moves:
+        os.replace(src, to)
 
 
 def download_voc(root, *, sbd: bool = False, keep: bool = False, progress: bool = True) -> Path:
