@@ -664,9 +664,9 @@ def test_zoo_list_names_a_manifest_entry_without_its_checksum(tmp_path, capsys):
 
 
 def test_zoo_train_refuses_an_unknown_device(tmp_path, capsys, monkeypatch):
-    from dlcore.cli import zoo as zoo_command
+    from dlcore.zoo import training as zoo_training
 
-    monkeypatch.setattr(zoo_command, "train_all", lambda *a, **k: pytest.fail("trained with device 'tpu'"))
+    monkeypatch.setattr(zoo_training, "train_all", lambda *a, **k: pytest.fail("trained with device 'tpu'"))
     assert main(["zoo", "train", "--only", "fcn32s", "--zoo-dir", str(tmp_path / "z"), "--device", "tpu"]) == 2
     assert "unknown device 'tpu'" in one_line(capsys, "zoo")
 
