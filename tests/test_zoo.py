@@ -242,13 +242,16 @@ def test_a_zoo_never_mixes_two_schedules(tiny_zoo, tmp_path):
         zoo.claim_schedule(zoo.ZOO_DIR, zoo.TINY)
 
 
-@pytest.mark.parametrize("damage", ["no_entries", "entries_list", "folder", "outside_file"])
+@pytest.mark.parametrize("damage", ["no_entries", "entries_list", "folder", "outside_file", "duplicate_key"])
 def test_a_damaged_manifest_is_named_with_its_fix(tiny_zoo, tmp_path, damage):
     d = _copy(tiny_zoo, tmp_path / "z")
     m = json.loads((d / "manifest.json").read_text())
     if damage == "folder":
         (d / "manifest.json").unlink()
         (d / "manifest.json").mkdir()
+    elif damage == "duplicate_key":  # the last "fcn8s-s0" would win silently, the intact entry looking altered
+        text = (d / "manifest.json").read_text()
+        (d / "manifest.json").write_text(text.replace('"entries": {', '"entries": {"fcn8s-s0": {"file": "x"}, ', 1))
     else:
         if damage == "no_entries":
             del m["entries"]
@@ -298,3 +301,16 @@ def test_a_ledger_in_full_mode_fails_on_missing_models_and_checks_both_kinds():
     with pytest.raises(AssertionError, match="never measured"):
         ledger.check(not_reproduced=["B > A", "C > D"])
     assert [r["verdict"] for r in ledger.rows()] == ["holds", "NOT reproduced"]
+
+
+def test_a_notebook_refuses_a_zoo_that_lacks_a_model_naming_its_step_and_command(tiny_zoo, tmp_path):
+    """A model partly trained (or not at all) is refused with its state and the command that finishes it, not
+    dropped from the table."""
+    d = _copy(tiny_zoo, tmp_path / "z")
+    assert zoo.present({"LargeFOV": "deeplab-v1-largefov"}, d) == {"LargeFOV": "deeplab-v1-largefov"}
+    (d / "deeplab-v1-largefov-s1.pt").unlink()
+    partial = d / "partial" / "deeplab-v1-largefov-s1"
+    partial.mkdir(parents=True)
+    torch.save({"step": 1, "schedule": {"steps": 2}, "model": {}}, partial / "last.pt")
+    with pytest.raises(zoo.ZooError, match=r"seed 1 at step 1/2.*zoo train --only deeplab-v1-largefov"):
+        zoo.present({"LargeFOV": "deeplab-v1-largefov", "FCN-8s": "fcn8s"}, d)

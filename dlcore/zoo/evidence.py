@@ -72,12 +72,24 @@ def seeds_of(name: str, zoo_dir: Path = ZOO_DIR) -> list[int]:
 
 
 def present(models: dict, zoo_dir: Path = ZOO_DIR) -> dict:
-    """The {label: name} of `models` that the zoo holds; prints the others with the command that trains them."""
-    found = {label: name for label, name in models.items() if seeds_of(name, zoo_dir)}
+    """`models` ({label: name}) when the zoo holds every seed of each; else a ZooError naming each model that is
+    missing or partly trained (with its step) and the command that finishes it: a table never silently loses a row."""
+    from dlcore.zoo.store import partial_step
+
+    seeds = schedule_of(zoo_dir).seeds
+    lacking = []
     for label, name in models.items():
-        if label not in found:
-            print(f"{label}: not in the zoo yet; its rows and claims are skipped (train it: {rebuild_command(name)})")
-    return found
+        done = seeds_of(name, zoo_dir)
+        if len(done) == len(seeds):
+            continue
+        parts = [(s, partial_step(f"{name}-s{s}", Path(zoo_dir))) for s in seeds if s not in done]
+        state = ", ".join(f"seed {s} " + (f"at step {p[0]}/{p[1]}" if p and p[0] >= 0 else "not trained")
+                          for s, p in parts)
+        lacking.append(f"{label} ({name}: {state}; `{rebuild_command(name)}`)")
+    if lacking:
+        raise ZooError(f"the zoo in {zoo_dir} is not complete for this notebook: {'; '.join(lacking)}; "
+                       f"`python -m dlcore zoo train` finishes them all (it resumes partial ones)")
+    return dict(models)
 
 
 def _same(live: np.ndarray, rec: np.ndarray, what: str) -> None:
@@ -168,9 +180,12 @@ def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) ->
     `retrain_dir`; in smoke mode, the same path on the tiny schedule in a fresh temporary folder (every code
     path of the zoo runs, in seconds; the numbers mean nothing)."""
     if smoke:
+        import atexit
+        import shutil
         import tempfile
 
         retrain, retrain_dir = True, tempfile.mkdtemp(prefix="dlcore-zoo-smoke-")
+        atexit.register(shutil.rmtree, retrain_dir, True)  # the tiny zoo goes with the kernel that made it
         claim_schedule(Path(retrain_dir), TINY)
     if not retrain:
         return Path(zoo_dir)

@@ -31,10 +31,13 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict:
         raise ZooError(f"{path} is a folder, not the zoo manifest; remove it, then restore the manifest from git "
                        f"(`git checkout {path.name}`) or rebuild the zoo with `python -m dlcore zoo train`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(), object_pairs_hook=_no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path} is not valid JSON ({e}); restore it from git (`git checkout {path.name}`) or "
                        f"rebuild the zoo with `python -m dlcore zoo train`") from None
+    except _Repeated as e:
+        raise ZooError(f"{path} names the key {e} twice (json would keep the last one without a word); restore it "
+                       f"from git (`git checkout {path.name}`) or rebuild the zoo with `python -m dlcore zoo train`") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ZooError(f"{path} is not a dlcore zoo manifest; restore it from git or rebuild with "
                        f"`python -m dlcore zoo train`")
@@ -45,6 +48,19 @@ def read_manifest(zoo_dir: Path = ZOO_DIR) -> dict:
         raise ZooError(f"{path} names an unknown schedule {manifest.get('schedule')!r} (known: {', '.join(SCHEDULES)}); "
                        f"restore it from git or rebuild the zoo with `python -m dlcore zoo train`")
     return manifest
+
+
+class _Repeated(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """A JSON object whose keys are unique."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise _Repeated(repr(repeated[0]))
+    return dict(pairs)
 
 
 def schedule_of(zoo_dir: Path = ZOO_DIR) -> Schedule:
