@@ -314,3 +314,31 @@ def test_a_notebook_refuses_a_zoo_that_lacks_a_model_naming_its_step_and_command
     torch.save({"step": 1, "schedule": {"steps": 2}, "model": {}}, partial / "last.pt")
     with pytest.raises(zoo.ZooError, match=r"seed 1 at step 1/2.*zoo train --only deeplab-v1-largefov"):
         zoo.present({"LargeFOV": "deeplab-v1-largefov", "FCN-8s": "fcn8s"}, d)
+
+
+def test_the_crf_search_widens_its_grid_until_the_optimum_lies_inside(tiny_zoo, monkeypatch):
+    """An optimum on the grid's edge makes the search try past that edge: here a larger sigma_alpha always scores
+    higher, so the tiny grid (10, 20) grows to 40, 80, 160 and stops there (CRF_EXPANSIONS), saying so."""
+    last = {}
+
+    def refine(images, probs, params):
+        last.update(params)
+        return probs.argmax(1).numpy()
+
+    def confusions(labels, masks, c):  # mean IoU rises with the sigma_alpha just used
+        return (np.eye(c) * last["sigma_alpha"] * 10 + 1).astype(np.int64)[None]
+
+    monkeypatch.setattr(zoo.training, "crf_refine", refine)
+    monkeypatch.setattr(zoo.training, "image_confusions", confusions)
+    found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
+    assert sorted({float(k.split("/")[1]) for k in found["grid"]}) == [10.0, 20.0, 40.0, 80.0, 160.0]
+    assert found["params"]["sigma_alpha"] == 160.0 and found["interior"] is False
+
+
+def test_converged_schedule_tests_on_a_draw_no_choice_reads():
+    """The converged zoo's test scenes are another draw than its held-out (selection) scenes; the shipped zoo's
+    held-out scenes follow its test scenes in one draw."""
+    assert zoo.SCHEDULES["converged"].test_draw != 0 and zoo.SCHEDULES["converged"].heldout_offset == 0
+    assert zoo.FULL.heldout_offset == zoo.FULL.n_test
+    assert "deeplab-v1-largefov-paper-s0" not in zoo.entry_names(zoo.SCHEDULES["converged"])
+    assert len(zoo.SCHEDULES["converged"].n_test * [0]) >= 500

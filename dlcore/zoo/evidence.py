@@ -34,9 +34,10 @@ def _keep_labels(key: tuple, labels: np.ndarray) -> None:
 def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int = 2) -> dict:
     """Per seed: per-image confusions on the test scenes, {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}.
 
-    "none" is recomputed here from the shipped weights (seconds), and must equal what `zoo train` recorded;
-    "crf" is the record (the CRF on every model and seed takes CPU-minutes), re-checked live on the first
-    `check_crf` scenes of each seed. A mismatch (above 0.1% of pixels: float summation order may differ
+    "none" is recomputed here from the shipped weights (seconds) on the schedule's first `n_check` test scenes (all
+    when 0), and must equal what `zoo train` recorded; the table reads the record of every test scene. "crf" is the
+    record (the CRF on every model and seed takes CPU-minutes), re-checked live on the first `check_crf` scenes of
+    each seed. A mismatch (above 0.1% of pixels: float summation order may differ
     between machines) raises ZooError: the records are not of these weights.
     """
     out = {}
@@ -44,17 +45,22 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
         seeds = seeds_of(name, zoo_dir)
         if not seeds:
             raise ZooError(f"the zoo holds no seed of {name}; run `{rebuild_command(name)}`")
+    n_check = schedule_of(zoo_dir).n_check or None
     for seed in seeds:
         model = load(name, seed, zoo_dir)
-        data = test_scenes(zoo_dir)
+        data = test_scenes(zoo_dir, n_check)
         probs = probabilities(model, data)
         masks = data["masks"].numpy()
         labels = labels_of(probs)
         _keep_labels(_labels_key(name, seed, zoo_dir), labels)
         live = image_confusions(labels, masks, model.num_classes)
         rec = recorded(name, seed, zoo_dir)
-        _same(live, rec["none"], f"{name}-s{seed} (no CRF)")
-        result = {"none": live}
+        n_test = schedule_of(zoo_dir).n_test
+        if len(rec["none"]) != n_test:
+            raise ZooError(f"the recorded scores of {name}-s{seed} cover {len(rec['none'])} scenes, not the schedule's "
+                           f"{n_test}; rebuild with `{rebuild_command(f'{name}-s{seed}')}`")
+        _same(live, rec["none"][:len(live)], f"{name}-s{seed} (no CRF)")
+        result = {"none": rec["none"]}
         if "crf" in rec:
             n = min(check_crf, len(rec["crf"]))
             if n:

@@ -150,9 +150,9 @@ def crf_refine(images: torch.Tensor, probs: torch.Tensor, params: dict) -> np.nd
 
 
 def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
-    """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 5)."""
-    import itertools
-
+    """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 5). With the
+    schedule's `crf_expand`, an optimum on the grid's edge widens the grid past that edge (w1 by one step, the
+    sigmas by a factor 2) until the optimum lies inside, at most `CRF_EXPANSIONS` times ("interior" says if it did)."""
     from tqdm.auto import tqdm
 
     from dlcore.metrics import scores_from_confusion
@@ -163,16 +163,38 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
     data = heldout_scenes(zoo_dir, n_heldout)
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
-    grid = {}
-    for w1, sa, sb in tqdm(list(itertools.product(*dict(schedule.crf_grid).values())), desc=f"CRF search {name}", disable=not progress):
-        params = {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}
-        cm = image_confusions(crf_refine(data["images"], probs, params), masks, model.num_classes).sum(0)
-        grid[f"{w1}/{sa}/{sb}"] = round(float(scores_from_confusion(cm)["miou"]), 5)
-    best = max(grid, key=grid.get)
-    w1, sa, sb = map(float, best.split("/"))
+    axes = {k: sorted(v) for k, v in schedule.crf_grid}
+    grid: dict = {}
+    for _ in range(CRF_EXPANSIONS + 1):
+        todo = [p for p in _points(axes) if _key(p) not in grid]
+        for params in tqdm(todo, desc=f"CRF search {name}", disable=not progress):
+            cm = image_confusions(crf_refine(data["images"], probs, params), masks, model.num_classes).sum(0)
+            grid[_key(params)] = round(float(scores_from_confusion(cm)["miou"]), 5)
+        best = dict(zip(axes, map(float, max(grid, key=grid.get).split("/"))))
+        edges = {k: v for k, v in best.items() if len(axes[k]) > 1 and v in (axes[k][0], axes[k][-1])}
+        if not (schedule.crf_expand and edges):
+            break
+        for k, v in edges.items():
+            step = (lambda x, up: x + (1.0 if up else -1.0)) if k == "w1" else (lambda x, up: x * (2.0 if up else 0.5))
+            new = step(v, v == axes[k][-1])
+            if new > 0:
+                axes[k] = sorted(set(axes[k]) | {new})
     none = image_confusions(labels_of(probs), masks, model.num_classes).sum(0)
-    return {"params": {"w1": w1, "sigma_alpha": sa, "sigma_beta": sb}, "grid": grid, "heldout_scenes": n_heldout,
+    return {"params": best, "grid": grid, "heldout_scenes": n_heldout, "interior": not edges,
             "heldout_miou_without": round(float(scores_from_confusion(none)["miou"]), 5)}
+
+
+CRF_EXPANSIONS = 3
+
+
+def _points(axes: dict) -> list[dict]:
+    import itertools
+
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def _key(params: dict) -> str:
+    return f"{params['w1']}/{params['sigma_alpha']}/{params['sigma_beta']}"
 
 
 def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) -> None:
@@ -224,10 +246,11 @@ def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = Z
     finished. Returns the entries trained."""
     names = entry_names(schedule_of(zoo_dir))
     if only:
-        unknown = [n for n in only if n not in names and n not in MODELS]
+        models = schedule_of(zoo_dir).models or tuple(MODELS)
+        unknown = [n for n in only if n not in names and n not in models]
         if unknown:
             raise ValueError(f"unknown zoo entry {unknown[0]!r}; known: {', '.join(names)} "
-                             f"(or a model name for all its seeds: {', '.join(MODELS)})")
+                             f"(or a model name for all its seeds: {', '.join(models)})")
     wanted = set(names)
     if only:
         wanted = {n for n in names if n in only or (not n.startswith("pretrain-") and _split(n)[0] in only)}

@@ -75,12 +75,12 @@ def load(name: str, seed: int = 0, zoo_dir: Path = ZOO_DIR) -> nn.Module:
     return model.eval()
 
 
-def scenes(schedule: Schedule, split: str, n: int, offset: int = 0) -> dict:
-    """{"images": uint8 [n,3,S,S], "masks": [n,S,S]}: SyntheticScenes(split, seed=0) items offset .. offset+n-1 at
+def scenes(schedule: Schedule, split: str, n: int, offset: int = 0, draw: int = 0) -> dict:
+    """{"images": uint8 [n,3,S,S], "masks": [n,S,S]}: SyntheticScenes(split, seed=draw) items offset .. offset+n-1 at
     the schedule's size."""
     from dlcore.data import SyntheticScenes
 
-    data = SyntheticScenes(split, n=offset + n, size=schedule.size, seed=0)
+    data = SyntheticScenes(split, n=offset + n, size=schedule.size, seed=draw)
     items = [data[i] for i in range(offset, offset + n)]
     return {"images": torch.stack([im for im, _ in items]), "masks": torch.stack([m for _, m in items])}
 
@@ -88,13 +88,13 @@ def scenes(schedule: Schedule, split: str, n: int, offset: int = 0) -> dict:
 def test_scenes(zoo_dir: Path = ZOO_DIR, n: int | None = None) -> dict:
     """The zoo's test scenes (the first `n`, default all of the schedule's n_test): what its tables are scored on."""
     schedule = schedule_of(zoo_dir)
-    return scenes(schedule, "val", schedule.n_test if n is None else min(n, schedule.n_test))
+    return scenes(schedule, "val", schedule.n_test if n is None else min(n, schedule.n_test), draw=schedule.test_draw)
 
 
 def heldout_scenes(zoo_dir: Path, n: int) -> dict:
-    """The CRF's cross-validation scenes: the `n` val scenes after the test scenes, never scored."""
+    """The scenes every choice is made on (the CRF's cross-validation, the storage check): never scored."""
     schedule = schedule_of(zoo_dir)
-    return scenes(schedule, "val", n, offset=schedule.n_test)
+    return scenes(schedule, "val", n, offset=schedule.heldout_offset)
 
 
 def logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | list:
