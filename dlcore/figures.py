@@ -28,6 +28,7 @@ class Result:
     notebook: str
     seconds: float
     figures: list = field(default_factory=list)
+    shown: int = 0  # images the executed notebook displays
 
 
 def notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -50,6 +51,14 @@ def declared_figures(path: Path) -> list[str]:
     """The figure names a notebook says it writes (its metadata.dlcore.figures)."""
     meta = json.loads(Path(path).read_text())["metadata"]
     return list(meta.get("dlcore", {}).get("figures", []))
+
+
+def displayed_images(executed: Path) -> int:
+    """How many images an executed notebook displays (image outputs of its code cells). A notebook shows every
+    figure it saves where it makes it (dlcore.viz.show), so this is at least the number it declares."""
+    cells = json.loads(Path(executed).read_text())["cells"]
+    return sum(1 for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+               if any(k.startswith("image/") for k in o.get("data", {})))
 
 
 # Cells whose output is exact and deterministic (the paper's tables, the metric worked by hand) start with this
@@ -167,7 +176,7 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
             os.environ[HEADLESS_ENV] = previous
     seconds = time.perf_counter() - start
     written = [n for n in declared_figures(path) if (fig_dir / f"{n}.png").exists()]
-    return Result(path.name, seconds, written)
+    return Result(path.name, seconds, written, displayed_images(out_dir / path.name))
 
 
 def _cell_source(executed: Path, index: int) -> str:
@@ -244,6 +253,9 @@ def _run_checked(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
     missing = set(declared_figures(path)) - set(result.figures)
     if missing:
         raise NotebookFailed(f"{path.name} ran but did not write the figures it declares: {sorted(missing)}")
+    if result.shown < len(declared_figures(path)):
+        raise NotebookFailed(f"{path.name} declares {len(declared_figures(path))} figures but displays "
+                             f"{result.shown} images: show each where it is made (dlcore.viz.show)")
     return result
 
 

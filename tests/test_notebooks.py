@@ -74,6 +74,8 @@ def test_runs_in_smoke_mode(path, tmp_path):
         pytest.fail(str(e), pytrace=False)
     missing = sorted(set(declared_figures(path)) - set(result.figures))
     assert not missing, f"{path.name} did not write the figures it declares: {missing}"
+    assert result.shown >= len(declared_figures(path)), \
+        f"{path.name} declares {len(declared_figures(path))} figures but its executed copy displays {result.shown} images"
 
 
 def test_committed_figures_match_declarations():
@@ -135,6 +137,25 @@ def test_run_all_side_by_side_reports_the_failing_notebook(tmp_path):
     _tiny_notebook(folder / "01_bad.ipynb", "raise ValueError('this cell fails')")
     with pytest.raises(NotebookFailed, match=r"01_bad\.ipynb: cell .* ValueError: this cell fails"):
         run_all(smoke=True, jobs=2, out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", folder=folder)
+
+
+def test_a_figure_saved_but_not_shown_fails_the_run(tmp_path):
+    """A notebook that saves its declared figure without displaying it (what 04 once did) is refused by name."""
+    from dlcore.figures import _run_checked, displayed_images
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    make = ("import matplotlib.pyplot as plt\nfrom dlcore import viz\n"
+            "fig, ax = plt.subplots()\nax.plot([0, 1])\n")
+    for name, call in (("00_hidden", "viz.savefig(fig, '00_x', FIG_DIR)\nplt.close(fig)"), ("01_shown", "viz.show(fig, '01_x', FIG_DIR)")):
+        _tiny_notebook(folder / f"{name}.ipynb", make + call)
+        nb = json.loads((folder / f"{name}.ipynb").read_text())
+        nb["metadata"]["dlcore"] = {"figures": [name[:2] + "_x"]}
+        (folder / f"{name}.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(NotebookFailed, match=r"00_hidden\.ipynb declares 1 figures but displays 0 images"):
+        _run_checked(folder / "00_hidden.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu")
+    assert _run_checked(folder / "01_shown.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu").shown == 1
+    assert displayed_images(tmp_path / "out" / "01_shown.ipynb") == 1
 
 
 def test_use_threads_refuses_a_bad_cap(monkeypatch):
