@@ -151,6 +151,31 @@ def kernel_name() -> str:
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to its kernel over Unix sockets in Jupyter's private runtime folder, not TCP on
+    localhost: the kernel then has no reason to warn that it "is running over TCP without encryption"."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc" if os.name == "posix" else "tcp"
+
+        @default("ip")
+        def _default_ip(self):
+            if self.transport != "ipc":
+                return super()._ip_default()
+            # the sockets' path: private to this kernel (two kernels side by side never pick the same), and short
+            # (a Unix socket's path has at most 107 bytes)
+            import tempfile
+            import uuid
+
+            return os.path.join(tempfile.gettempdir(), f"dlcore-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
 def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: str = "auto",
                  extra: dict | None = None, timeout: int = 1800) -> Result:
     """Execute one notebook with papermill; raise NotebookFailed naming the failing cell."""
@@ -164,7 +189,8 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
     os.environ[HEADLESS_ENV] = "1"  # inherited by the kernel: widgets are skipped (see dlcore.viz.interact)
     try:
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
+                            cwd=str(path.parent), progress_bar=False, execution_timeout=timeout,
+                            kernel_manager_class=_ipc_kernel_manager())
     except pm.PapermillExecutionError as e:
         source = _cell_source(out_dir / path.name, e.cell_index)
         raise NotebookFailed(f"{path.name}: cell {e.exec_count} (index {e.cell_index}) raised "

@@ -164,3 +164,12 @@ def test_use_threads_refuses_a_bad_cap(monkeypatch):
     monkeypatch.setenv("DLCORE_THREADS", "two")
     with pytest.raises(ValueError, match="DLCORE_THREADS must be a whole number"):
         dlcore.use_threads(2)
+
+
+def test_a_run_prints_no_kernel_transport_warning(tmp_path, capfd):
+    """The kernel talks to papermill over Unix sockets, so it does not warn about TCP without encryption."""
+    _tiny_notebook(tmp_path / "00_quiet.ipynb", "print('ran')")
+    run_notebook(tmp_path / "00_quiet.ipynb", tmp_path / "out", tmp_path / "fig", smoke=True, device="cpu")
+    out, err = capfd.readouterr()
+    assert "without encryption" not in out + err
+    assert "ran" in (tmp_path / "out" / "00_quiet.ipynb").read_text()
