@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,35 @@ def test_a_run_prints_no_kernel_transport_warning(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert "without encryption" not in out + err
     assert "ran" in (tmp_path / "out" / "00_quiet.ipynb").read_text()
+
+
+# Notebooks 03, 06, 07 and 09 are being rewritten on the converged zoo; their openings and notes follow with it.
+PENDING = {"03", "06", "07", "09"}
+DEV_NOTE = re.compile(r"\bissues? ?#?\d+|\bwhen time ran (out|short)\b", re.IGNORECASE)
+
+
+def _pending(path):
+    if path.suffix == ".ipynb" and path.name[:2] in PENDING:
+        pytest.skip(f"{path.name}: rewritten with the converged zoo (its opening and notes come with it)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_opens_with_objectives_reading_and_running_time(path):
+    """A student sees, before the first code cell, what the notebook teaches, what to read beside it, and how long
+    it runs (full and smoke)."""
+    _pending(path)
+    cells = _cells(path)
+    first_code = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
+    opening = "".join("".join(c["source"]) for c in cells[:first_code])
+    for needed in ("**Read alongside:**", "**Learning objectives.**", "**Running time:**", "SMOKE = True"):
+        assert needed in opening, f"{path.name}: the cells before the first code cell lack {needed!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted((NOTEBOOKS[0].parent / "answers").glob("*.md")),
+                         ids=IDS + [p.stem for p in sorted((NOTEBOOKS[0].parent / "answers").glob("*.md"))])
+def test_student_text_holds_no_development_note(path):
+    """Notebooks and answers speak of the papers and the code, never of issues or of how the work went."""
+    _pending(path)
+    text = path.read_text() if path.suffix == ".md" else "\n".join("".join(c["source"]) for c in _cells(path))
+    notes = sorted({m.group(0) for m in DEV_NOTE.finditer(text)})
+    assert not notes, f"{path.name}: development notes in student-facing text: {notes}"
