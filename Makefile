@@ -3,13 +3,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlcore-installed
 
-.PHONY: setup test figures figures-smoke lab chromium clean
+.PHONY: setup test figures figures-smoke book slides lab chromium clean
 
 # Installed once; again only when pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,book]"
 	$(PY) -m ipykernel install --sys-prefix --name dlcore --display-name "Python (dlcore)"
 	touch $(STAMP)
 
@@ -23,6 +23,14 @@ figures: setup
 
 figures-smoke: setup
 	$(PY) -m dlcore figures --smoke
+
+# The static site of the executed notebooks (build/book/index.html) and the lecture decks (build/slides/), both
+# offline; they show what the last `make figures` wrote to build/notebooks/ and execute nothing.
+book: setup
+	$(PY) -m dlcore book
+
+slides: setup
+	$(PY) -m dlcore slides
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

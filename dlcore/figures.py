@@ -28,6 +28,7 @@ class Result:
     notebook: str
     seconds: float
     figures: list = field(default_factory=list)
+    shown: int = 0  # images the executed notebook displays
 
 
 def notebooks(only: str | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -50,6 +51,14 @@ def declared_figures(path: Path) -> list[str]:
     """The figure names a notebook says it writes (its metadata.dlcore.figures)."""
     meta = json.loads(Path(path).read_text())["metadata"]
     return list(meta.get("dlcore", {}).get("figures", []))
+
+
+def displayed_images(executed: Path) -> int:
+    """How many images an executed notebook displays (image outputs of its code cells). A notebook shows every
+    figure it saves where it makes it (dlcore.viz.show), so this is at least the number it declares."""
+    cells = json.loads(Path(executed).read_text())["cells"]
+    return sum(1 for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
+               if any(k.startswith("image/") for k in o.get("data", {})))
 
 
 # Cells whose output is exact and deterministic (the paper's tables, the metric worked by hand) start with this
@@ -142,6 +151,31 @@ def kernel_name() -> str:
     return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def _ipc_kernel_manager():
+    """A kernel manager that talks to its kernel over Unix sockets in Jupyter's private runtime folder, not TCP on
+    localhost: the kernel then has no reason to warn that it "is running over TCP without encryption"."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc" if os.name == "posix" else "tcp"
+
+        @default("ip")
+        def _default_ip(self):
+            if self.transport != "ipc":
+                return super()._ip_default()
+            # the sockets' path: private to this kernel (two kernels side by side never pick the same), and short
+            # (a Unix socket's path has at most 107 bytes)
+            import tempfile
+            import uuid
+
+            return os.path.join(tempfile.gettempdir(), f"dlcore-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
 def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: str = "auto",
                  extra: dict | None = None, timeout: int = 1800) -> Result:
     """Execute one notebook with papermill; raise NotebookFailed naming the failing cell."""
@@ -155,7 +189,8 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
     os.environ[HEADLESS_ENV] = "1"  # inherited by the kernel: widgets are skipped (see dlcore.viz.interact)
     try:
         pm.execute_notebook(str(path), str(out_dir / path.name), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(path.parent), progress_bar=False, execution_timeout=timeout)
+                            cwd=str(path.parent), progress_bar=False, execution_timeout=timeout,
+                            kernel_manager_class=_ipc_kernel_manager())
     except pm.PapermillExecutionError as e:
         source = _cell_source(out_dir / path.name, e.cell_index)
         raise NotebookFailed(f"{path.name}: cell {e.exec_count} (index {e.cell_index}) raised "
@@ -167,7 +202,7 @@ def run_notebook(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
             os.environ[HEADLESS_ENV] = previous
     seconds = time.perf_counter() - start
     written = [n for n in declared_figures(path) if (fig_dir / f"{n}.png").exists()]
-    return Result(path.name, seconds, written)
+    return Result(path.name, seconds, written, displayed_images(out_dir / path.name))
 
 
 def _cell_source(executed: Path, index: int) -> str:
@@ -251,6 +286,9 @@ def _run_checked(path: Path, out_dir: Path, fig_dir: Path, smoke: bool, device: 
     missing = set(declared_figures(path)) - set(result.figures)
     if missing:
         raise NotebookFailed(f"{path.name} ran but did not write the figures it declares: {sorted(missing)}")
+    if result.shown < len(declared_figures(path)):
+        raise NotebookFailed(f"{path.name} declares {len(declared_figures(path))} figures but displays "
+                             f"{result.shown} images: show each where it is made (dlcore.viz.show)")
     return result
 
 

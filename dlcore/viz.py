@@ -109,12 +109,13 @@ def show_widget(make):
     return widget
 
 
-def show(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
+def show(fig, name: str, fig_dir: str | Path = "../figures") -> None:
     """Save `fig` as `fig_dir/name.png` (see `savefig`) and display it where it was made (then close it), so a
-    student running the notebook sees every figure the notebook saves."""
+    student running the notebook sees every figure the notebook saves. Returns nothing, so that a cell ending with
+    it shows the figure and not the file's path."""
     import matplotlib.pyplot as plt
 
-    path = savefig(fig, name, fig_dir)
+    savefig(fig, name, fig_dir)
     try:
         from IPython import get_ipython
         from IPython.display import display
@@ -123,7 +124,6 @@ def show(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
             display(fig)
     finally:
         plt.close(fig)
-    return path
 
 
 # Distinct colours for SyntheticScenes' 11 classes (the VOC palette draws several of them in dark reds).

@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,8 @@ def test_runs_in_smoke_mode(path, tmp_path):
         pytest.fail(str(e), pytrace=False)
     missing = sorted(set(declared_figures(path)) - set(result.figures))
     assert not missing, f"{path.name} did not write the figures it declares: {missing}"
+    assert result.shown >= len(declared_figures(path)), \
+        f"{path.name} declares {len(declared_figures(path))} figures but its executed copy displays {result.shown} images"
 
 
 def test_committed_figures_match_declarations():
@@ -137,9 +140,69 @@ def test_run_all_side_by_side_reports_the_failing_notebook(tmp_path):
         run_all(smoke=True, jobs=2, out_dir=tmp_path / "out", fig_dir=tmp_path / "fig", folder=folder)
 
 
+def test_a_figure_saved_but_not_shown_fails_the_run(tmp_path):
+    """A notebook that saves its declared figure without displaying it (what 04 once did) is refused by name."""
+    from dlcore.figures import _run_checked, displayed_images
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    make = ("import matplotlib.pyplot as plt\nfrom dlcore import viz\n"
+            "fig, ax = plt.subplots()\nax.plot([0, 1])\n")
+    for name, call in (("00_hidden", "viz.savefig(fig, '00_x', FIG_DIR)\nplt.close(fig)"), ("01_shown", "viz.show(fig, '01_x', FIG_DIR)")):
+        _tiny_notebook(folder / f"{name}.ipynb", make + call)
+        nb = json.loads((folder / f"{name}.ipynb").read_text())
+        nb["metadata"]["dlcore"] = {"figures": [name[:2] + "_x"]}
+        (folder / f"{name}.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(NotebookFailed, match=r"00_hidden\.ipynb declares 1 figures but displays 0 images"):
+        _run_checked(folder / "00_hidden.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu")
+    assert _run_checked(folder / "01_shown.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu").shown == 1
+    assert displayed_images(tmp_path / "out" / "01_shown.ipynb") == 1
+
+
 def test_use_threads_refuses_a_bad_cap(monkeypatch):
     import dlcore
 
     monkeypatch.setenv("DLCORE_THREADS", "two")
     with pytest.raises(ValueError, match="DLCORE_THREADS must be a whole number"):
         dlcore.use_threads(2)
+
+
+def test_a_run_prints_no_kernel_transport_warning(tmp_path, capfd):
+    """The kernel talks to papermill over Unix sockets, so it does not warn about TCP without encryption."""
+    _tiny_notebook(tmp_path / "00_quiet.ipynb", "print('ran')")
+    run_notebook(tmp_path / "00_quiet.ipynb", tmp_path / "out", tmp_path / "fig", smoke=True, device="cpu")
+    out, err = capfd.readouterr()
+    assert "without encryption" not in out + err
+    assert "ran" in (tmp_path / "out" / "00_quiet.ipynb").read_text()
+
+
+# Notebooks 03, 06, 07 and 09 are being rewritten on the converged zoo; their openings and notes follow with it.
+PENDING = {"03", "06", "07", "09"}
+DEV_NOTE = re.compile(r"\bissues? ?#?\d+|\bwhen time ran (out|short)\b", re.IGNORECASE)
+
+
+def _pending(path):
+    if path.suffix == ".ipynb" and path.name[:2] in PENDING:
+        pytest.skip(f"{path.name}: rewritten with the converged zoo (its opening and notes come with it)")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_opens_with_objectives_reading_and_running_time(path):
+    """A student sees, before the first code cell, what the notebook teaches, what to read beside it, and how long
+    it runs (full and smoke)."""
+    _pending(path)
+    cells = _cells(path)
+    first_code = next(i for i, c in enumerate(cells) if c["cell_type"] == "code")
+    opening = "".join("".join(c["source"]) for c in cells[:first_code])
+    for needed in ("**Read alongside:**", "**Learning objectives.**", "**Running time:**", "SMOKE = True"):
+        assert needed in opening, f"{path.name}: the cells before the first code cell lack {needed!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted((NOTEBOOKS[0].parent / "answers").glob("*.md")),
+                         ids=IDS + [p.stem for p in sorted((NOTEBOOKS[0].parent / "answers").glob("*.md"))])
+def test_student_text_holds_no_development_note(path):
+    """Notebooks and answers speak of the papers and the code, never of issues or of how the work went."""
+    _pending(path)
+    text = path.read_text() if path.suffix == ".md" else "\n".join("".join(c["source"]) for c in _cells(path))
+    notes = sorted({m.group(0) for m in DEV_NOTE.finditer(text)})
+    assert not notes, f"{path.name}: development notes in student-facing text: {notes}"

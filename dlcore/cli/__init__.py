@@ -16,6 +16,8 @@ COMMANDS = {
     "segment": "segment photographs: a VOC-palette label PNG and an overlay per image",
     "zoo": "train the teaching zoo (the models the notebooks load), or list it with its checksums",
     "figures": "run every notebook headless and regenerate figures/",
+    "book": "build the static site of the executed notebooks (build/book/, offline)",
+    "slides": "export the notebooks' lecture slides as static reveal.js decks (build/slides/, offline)",
     "download": "download PASCAL VOC 2012 / SBD (needs internet; never run by tests)",
     "crf-search": "cross-validate the CRF's w1, sigma_alpha, sigma_beta on held-out images",
     "import-caffe": "convert a published DeepLab .caffemodel into a dlcore checkpoint",
@@ -34,6 +36,10 @@ def _module(command: str):
         from dlcore.cli import zoo as module
     elif command == "figures":
         from dlcore.cli import figures as module
+    elif command == "book":
+        from dlcore.cli import book as module
+    elif command == "slides":
+        from dlcore.cli import slides as module
     elif command == "download":
         from dlcore.cli import download as module
     elif command == "crf-search":
