@@ -63,6 +63,8 @@ def test_tiny_zoo_loads_every_model(tiny_zoo):
         for key in ("sha256", "recipe", "command", "machine", "train_seconds", "schedule"):
             assert key in info, (entry, key)
     assert not (tiny_zoo / "partial").exists() or not list((tiny_zoo / "partial").iterdir())
+    curve = manifest["entries"]["deeplab-v1-largefov-s0"]["curve"]  # the learning curve, every `curve_every` steps
+    assert [p[0] for p in curve] == [1, 2] and all(0 <= p[1] <= 100 for p in curve)
     for name in zoo.CRF_MODELS:
         assert set(manifest["crf"][name]["params"]) == {"w1", "sigma_alpha", "sigma_beta"}
     model = zoo.load("fcn8s", 1, tiny_zoo)
@@ -230,6 +232,8 @@ def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_
     assert not (stopped / "partial" / entry).exists()
     a, b = zoo.load_entry(entry, whole), zoo.load_entry(entry, stopped)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    curves = [zoo.read_manifest(d)["entries"][entry]["curve"] for d in (whole, stopped)]
+    assert curves[0] == curves[1] and [p[0] for p in curves[0]] == [1, 2, 3, 4]
 
 
 def test_a_zoo_never_mixes_two_schedules(tiny_zoo, tmp_path):
@@ -342,3 +346,23 @@ def test_converged_schedule_tests_on_a_draw_no_choice_reads():
     assert zoo.FULL.heldout_offset == zoo.FULL.n_test
     assert "deeplab-v1-largefov-paper-s0" not in zoo.entry_names(zoo.SCHEDULES["converged"])
     assert len(zoo.SCHEDULES["converged"].n_test * [0]) >= 500
+
+
+def test_the_converged_zoo_in_training_is_consistent():
+    """zoo-next/ (the converged zoo, trained across sessions): its schedule is the converged one, every finished
+    entry matches its checksum, every partial one has a readable checkpoint short of its last step, and the two zoos
+    together stay within the repository's budget."""
+    from dlcore.zoo.recipe import ROOT
+
+    nxt = ROOT / "zoo-next"
+    if not (nxt / "manifest.json").is_file():
+        pytest.skip("no converged zoo in training in this checkout")
+    assert zoo.schedule_of(nxt).name == "converged"
+    for entry in zoo.read_manifest(nxt)["entries"]:
+        assert zoo.store._ok(entry, nxt), f"zoo-next/{entry}.pt does not match its checksum"
+    for folder in (nxt / "partial").glob("*"):
+        part = zoo.partial_step(folder.name, nxt)  # None: stopped before its first checkpoint
+        assert part is None or 0 < part[0] < part[1], f"zoo-next/partial/{folder.name}: step {part}"
+    tracked = sum(p.stat().st_size for d in (zoo.ZOO_DIR, nxt) for p in d.rglob("*") if p.is_file() and
+                  not p.name.startswith("."))
+    assert tracked <= 42e6, f"the zoos hold {tracked / 1e6:.1f} MB; retire shipped entries the converged zoo replaces"

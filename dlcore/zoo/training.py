@@ -60,47 +60,73 @@ class _Remembered(torch.utils.data.Dataset):
 
 def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
     """Train zoo model `name` for `seed` and write zoo/NAME-sSEED.pt; returns its manifest record. Checkpoints go to
-    zoo/partial/NAME-sSEED/ every `checkpoint_every` steps; a run stopped at any moment continues from the last."""
+    zoo/partial/NAME-sSEED/ every `checkpoint_every` steps; a run stopped at any moment continues from the last.
+    With the schedule's `curve_every`, its learning curve (mean IoU on `n_curve` held-out scenes, no CRF) is
+    recorded as it trains: the evidence that the schedule reaches the plateau (its last quarter adds < 1 point)."""
+    import json
+
     from dlcore.data import SyntheticScenes
+    from dlcore.io import atomic_write_bytes
     from dlcore.train import train
 
     schedule = schedule_of(zoo_dir)
     entry = f"{name}-s{seed}"
     steps = schedule.value(MODELS[name], "steps")
     partial = Path(zoo_dir) / "partial" / entry
+    resume = (partial / "last.pt").is_file()
+    sidecar = partial / "progress.json"  # the curve and the seconds of the run's earlier sittings
+    progress_so_far = json.loads(sidecar.read_text()) if resume and sidecar.is_file() else {"curve": [], "seconds": 0}
     model = _seeded_model(name, seed, zoo_dir)
     scenes = _Remembered(SyntheticScenes("train", n=schedule.n_train, size=schedule.size, seed=0))
+    selection = heldout_scenes(zoo_dir, schedule.n_curve) if schedule.curve_every else None
+    started = time.perf_counter()
+
+    def record(step: int, loss: float) -> None:
+        if selection is None or (step % schedule.curve_every and step != steps):
+            return
+        points = [p for p in progress_so_far["curve"] if p[0] < step] + [[step, round(_miou(model, selection), 2)]]
+        model.train()  # probabilities() put it in eval mode; the next step trains again
+        progress_so_far["curve"] = points
+        atomic_write_bytes(sidecar, json.dumps({**progress_so_far, "seconds": round(
+            progress_so_far["seconds"] + time.perf_counter() - started, 1)}).encode())
+
     result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device, seed=seed,
-                   checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every,
-                   resume=(partial / "last.pt").is_file(), bf16=schedule.bf16, progress=progress,
+                   checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every, resume=resume,
+                   bf16=schedule.bf16, progress=progress, on_step=record,
                    meta={"zoo_entry": entry, "schedule": schedule.name})
     model = model.cpu()
     frozen = frozen_keys(model)
     state = {k: v.detach() for k, v in model.state_dict().items() if k not in frozen}
     stored, storage = _smallest_faithful(model, state, zoo_dir)
     info = {"kind": "model", "model": name, "seed": seed, "schedule": schedule.name, **storage,
-            "train_seconds": round(result["seconds"], 1) if result["resumed_from"] is None else None,
+            "train_seconds": round(progress_so_far["seconds"] + result["seconds"], 1),
             "recipe": {"build": asdict(MODELS[name]), "width": WIDTH, "size": schedule.size,
                        "n_train": schedule.n_train, "steps": steps, "batch_size": schedule.batch, "lr": schedule.lr,
                        "bf16": schedule.bf16, "loss": round(float(result["loss"]), 4)},
             "command": rebuild_command(entry), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    if selection is not None:
+        info["curve"] = progress_so_far["curve"]
     _save_entry(entry, stored, info, zoo_dir)
     shutil.rmtree(partial, ignore_errors=True)  # the entry is complete: its checkpoint has done its job
     return info
 
 
+def _miou(model: nn.Module, data: dict) -> float:
+    """Mean IoU in percent of `model` on the scenes `data`, without the CRF."""
+    from dlcore.metrics import scores_from_confusion
+
+    cm = image_confusions(labels_of(probabilities(model, data)), data["masks"].numpy(), model.num_classes).sum(0)
+    return 100 * float(scores_from_confusion(cm)["miou"])
+
+
 def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[dict, dict]:
     """int8 storage for the large kernels when it moves mean IoU by <= 0.1 point against fp32 on the held-out
     scenes (never the test scenes: this is a choice), else fp16."""
-    from dlcore.metrics import scores_from_confusion
-
     data = heldout_scenes(zoo_dir, schedule_of(zoo_dir).n_heldout)
-    masks = data["masks"].numpy()
 
     def miou(weights):
         model.load_state_dict(weights, strict=False)
-        cm = image_confusions(labels_of(probabilities(model, data)), masks, model.num_classes).sum(0)
-        return 100 * float(scores_from_confusion(cm)["miou"])
+        return _miou(model, data)
 
     exact = miou(state)
     results = {}
