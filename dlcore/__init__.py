@@ -19,6 +19,20 @@ def seed_everything(seed: int) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
 
 
+def check_parameters(namespace: dict) -> None:
+    """A notebook's parameters (its first cell's UPPER_CASE names, as papermill or an edit left them): every number
+    must be > 0 (SEED >= 0, checked by `seed_everything`), so a bad value is named here, not by torch deep inside
+    a cell ("SMOKE_DENSE_SIZE = -5"). Booleans, strings and other values pass."""
+    for name, value in namespace.items():
+        if not name.isupper() or name == "SEED":
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and not v > 0:
+                raise ValueError(f"notebook parameter {name} = {value!r}: it must be a positive number; set it in "
+                                 "the first cell (or papermill -p) to a value > 0, as the notebook ships it")
+
+
 THREADS_ENV = "DLCORE_THREADS"
 
 

@@ -37,22 +37,22 @@ def readable(fig, min_pt: float = MIN_FONT_PT):
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def figure_dir(fig_dir: str | Path) -> Path:
-    """`fig_dir` as a notebook means it: a relative one against the notebooks' folder, not against the folder
-    papermill or python was started in (from the repository root, "../figures" would leave the checkout).
-    Where dlcore is installed without its notebooks, against the working folder."""
-    fig_dir = Path(fig_dir)
-    if fig_dir.is_absolute() or not NOTEBOOKS_DIR.is_dir():
-        return fig_dir
-    return Path(os.path.normpath(NOTEBOOKS_DIR / fig_dir))
+def notebook_path(path: str | Path) -> Path:
+    """A path as a notebook means it (FIG_DIR, ZOO_DIR, RETRAIN_DIR): a relative one against the notebooks' folder,
+    not against the folder papermill or python was started in (from the repository root, "../figures" would leave
+    the checkout). Where dlcore is installed without its notebooks, against the working folder."""
+    path = Path(path)
+    if path.is_absolute() or not NOTEBOOKS_DIR.is_dir():
+        return path
+    return Path(os.path.normpath(NOTEBOOKS_DIR / path))
 
 
 def savefig(fig, name: str, fig_dir: str | Path = "../figures") -> Path:
     """Write `fig_dir/name.png` at a fixed dpi with no timestamp, so a regenerated figure changes only with its
-    content; every text at least `MIN_FONT_PT` (see `readable`). A relative `fig_dir`: see `figure_dir`."""
+    content; every text at least `MIN_FONT_PT` (see `readable`). A relative `fig_dir`: see `notebook_path`."""
     readable(fig)
     # Agg + no "Software"/date metadata -> byte-identical output for identical content.
-    return atomic_write(figure_dir(fig_dir) / f"{name}.png",
+    return atomic_write(notebook_path(fig_dir) / f"{name}.png",
                         lambda f: fig.savefig(f, dpi=DPI, metadata={"Software": None}, format="png"))
 
 

@@ -206,3 +206,12 @@ def test_student_text_holds_no_development_note(path):
     text = path.read_text() if path.suffix == ".md" else "\n".join("".join(c["source"]) for c in _cells(path))
     notes = sorted({m.group(0) for m in DEV_NOTE.finditer(text)})
     assert not notes, f"{path.name}: development notes in student-facing text: {notes}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_checks_its_parameters_before_using_them(path):
+    """The setup cell calls dlcore.check_parameters(globals()), so a bad first-cell value is named, not met deep
+    inside torch."""
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    setup = "".join(code[1]["source"])
+    assert "dlcore.check_parameters(globals())" in setup, f"{path.name}: its setup cell does not check its parameters"

@@ -1089,3 +1089,49 @@ def test_train_eval_and_crf_search_estimate_their_memory_first(run_dir, tmp_path
     err = one_line(capsys, command)
     assert "GiB, more than the 0.1 GiB available" in err and "lower --" in err
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_the_zoo_folders_of_a_notebook_are_the_notebooks_too(tmp_path, monkeypatch):
+    """ZOO_DIR = "../zoo" and RETRAIN_DIR = "../build/zoo" mean the repository's, wherever papermill was started."""
+    from dlcore import viz, zoo
+
+    monkeypatch.chdir(tmp_path)
+    assert zoo.for_notebook([], smoke=False, retrain=False, zoo_dir="../zoo", retrain_dir="../build/zoo") == \
+        viz.NOTEBOOKS_DIR.parent / "zoo"
+
+
+def test_a_notebook_parameter_out_of_range_is_named():
+    import dlcore
+
+    dlcore.check_parameters({"SMOKE": True, "SEED": 0, "DEVICE": "auto", "DENSE_SIZE": 128, "RATES": [1, 2, 4]})
+    for bad in ({"SMOKE_DENSE_SIZE": -5}, {"RATES": [1, 0, 4]}, {"LR": 0.0}):
+        with pytest.raises(ValueError, match=f"notebook parameter {next(iter(bad))} = .*positive"):
+            dlcore.check_parameters({"SMOKE": False, **bad})
+
+
+def test_ctrl_c_during_zoo_train_is_one_line_naming_how_to_continue(tmp_path, capsys, monkeypatch):
+    from dlcore.zoo import training as zoo_training
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo_training, "train_all", interrupted)
+    assert main(["zoo", "train", "--schedule", "tiny", "--zoo-dir", str(tmp_path / "z")]) == 130
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and len(out.out.strip().splitlines()) == 1
+    assert "interrupted" in out.out and "same command again" in out.out and "zoo list" in out.out
+
+
+def test_a_smoke_runs_tiny_zoo_goes_with_its_kernel(tmp_path):
+    """The tiny zoo a notebook's smoke run trains lives in a temporary folder that its process removes at exit."""
+    import subprocess
+    import sys
+
+    code = ("from dlcore import zoo\n"
+            "d = zoo.for_notebook(['fcn32s'], smoke=True, retrain=False, zoo_dir='../zoo', retrain_dir='../build/zoo')\n"
+            "assert (d / 'fcn32s-s0.pt').is_file()\nprint(d)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-1500:]
+    folder = run.stdout.strip().splitlines()[-1]
+    assert "dlcore-zoo-smoke-" in folder and not os.path.exists(folder)
