@@ -4,7 +4,8 @@
     python benchmarks/zoo_study.py --model deeplab-v2-resnet101-aspp-l --runs lr0.03-n4000-bf16
 
 A run's name is its recipe change from the zoo's (lr, n = training scenes, b = batch, s = steps, seed, bf16 =
-bf16 autocast; e.g. lr0.1-n4000-b16-s3000-bf16). Each run trains zoo model --model exactly as `zoo train` does
+bf16 autocast; e.g. lr0.1-n4000-b16-s3000-bf16), and for ResNet-101's probes: l3 = layer3 trains too (the stem
+is then run every step, not memoised), os16 = output stride 16 (layer3 keeps its pre-trained rate). Each run trains zoo model --model exactly as `zoo train` does
 (`dlcore.zoo.training`: the network's own forward with its frozen stem memoised, `dlcore.train.train`), and
 scores val mean IoU without the CRF on `--select` selection scenes every `--every` steps. Selection scenes are
 SyntheticScenes("val", seed=0)[0:N], the scenes every choice is made on; the zoo's test scenes are never read here.
@@ -28,10 +29,10 @@ WORK = Path("build/zoo-study")
 
 def parse(run: str) -> dict:
     """lr0.03-n1000-b8-s6000-bf16 -> {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": True, "seed": 0}"""
-    cfg = {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": False, "seed": 0}
+    cfg = {"lr": 0.03, "n": 1000, "batch": 8, "steps": 6000, "bf16": False, "seed": 0, "l3": False, "os16": False}
     for part in run.split("-"):
-        if part == "bf16":
-            cfg["bf16"] = True
+        if part in ("bf16", "l3", "os16"):
+            cfg[part] = True
         elif part.startswith("lr"):
             cfg["lr"] = float(part[2:])
         elif part.startswith("seed"):
@@ -39,7 +40,8 @@ def parse(run: str) -> dict:
         elif part[:1] in ("n", "b", "s") and part[1:].isdigit():
             cfg[{"n": "n", "b": "batch", "s": "steps"}[part[0]]] = int(part[1:])
         else:
-            raise SystemExit(f"zoo_study: cannot read {part!r} of run {run!r} (lr0.03, n4000, b8, s6000, seed1, bf16)")
+            raise SystemExit(f"zoo_study: cannot read {part!r} of run {run!r} (lr0.03, n4000, b8, s6000, seed1, bf16, "
+                             "l3, os16)")
     return cfg
 
 
@@ -54,7 +56,24 @@ def curve(model_name: str, run: str, select: int, every: int, log) -> list:
     work = WORK / model_name / run
     points_file = work / "points.json"
     points = json.loads(points_file.read_text()) if points_file.is_file() else []
+    if cfg["os16"]:  # the same model at output stride 16, for this run only
+        from dataclasses import replace
+
+        from dlcore.zoo import MODELS
+
+        spec = MODELS[model_name]
+        model_name = f"{model_name}-os16-probe"
+        MODELS[model_name] = replace(spec, options={**spec.options, "output_stride": 16})
     model = training._seeded_model(model_name, cfg["seed"], ZOO_DIR)
+    if cfg["l3"]:  # layer3 learns too: its output changes every step, so nothing below layer4 is remembered
+        from torch import nn
+
+        b = model.backbone
+        b.stem_memo = None
+        for p in b.layer3.parameters():
+            p.requires_grad_(True)
+        for m in (b.conv1, b.bn1, b.layer1, b.layer2):  # still frozen: their batch norm keeps its statistics
+            m.train = (lambda module: lambda mode=True: nn.Module.train(module, False))(m)
     sel = scenes(FULL, "val", select)
     t0 = time.perf_counter()
 
