@@ -161,6 +161,14 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+class FolderInUse(ValueError):
+    """`lock_folder`'s refusal; `pid` is the holder's, for a caller that words its own message."""
+
+    def __init__(self, message: str, pid: str):
+        super().__init__(message)
+        self.pid = pid
+
+
 @contextlib.contextmanager
 def lock_folder(path, what: str = "folder"):
     """Hold `path/.lock` (created with the folder) while the block runs: a second process that asks for the same
@@ -179,8 +187,8 @@ def lock_folder(path, what: str = "folder"):
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ValueError(f"{what} {path} is in use by another run (pid {holder}); wait for it to end, or "
-                             "choose another folder") from None
+            raise FolderInUse(f"{what} {path} is in use by another run (pid {holder}); wait for it to end, or "
+                              "choose another folder", holder) from None
         if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
             break
         os.close(fd)  # the holder before us removed the file after we opened it: lock the new one

@@ -2,6 +2,7 @@
 the step, and a zoo carries its schedule."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -236,12 +237,31 @@ def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_
     assert curves[0] == curves[1] and [p[0] for p in curves[0]] == [1, 2, 3, 4]
 
 
+def test_a_second_zoo_train_on_the_same_entry_is_refused_by_name(tiny_zoo, tmp_path):
+    """Two `zoo train` processes on one entry: the second stops with the entry, the first one's pid and what to do,
+    before writing anything; the first one's checkpoint is untouched."""
+    from dlcore.io import lock_folder
+
+    d = _copy(tiny_zoo, tmp_path / "z")
+    partial = d / "partial" / "deeplab-v1-largefov-s0"
+    with lock_folder(partial, "the first run's"):  # held as the first process holds it (flock: per open file)
+        with pytest.raises(zoo.ZooError, match=rf"deeplab-v1-largefov-s0 is being trained by another `zoo train` "
+                                               rf"\(pid {os.getpid()}\).*zoo list --zoo-dir"):
+            zoo.train_model("deeplab-v1-largefov", 0, zoo_dir=d, progress=False)
+        assert sorted(p.name for p in partial.iterdir()) == [".lock"]
+    assert zoo.store._ok("deeplab-v1-largefov-s0", d)
+
+
 def test_a_zoo_never_mixes_two_schedules(tiny_zoo, tmp_path):
     """A tiny zoo is refused as a full one (its entries would count as complete), and the other way round."""
     d = _copy(tiny_zoo, tmp_path / "z")
-    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--zoo-dir", str(d)],
+    run = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--zoo-dir", str(d), "--schedule", "full"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "'tiny' schedule" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    # Without --schedule, `zoo train` continues the zoo's own schedule (here: complete, nothing to train).
+    again = subprocess.run([sys.executable, "-m", "dlcore", "zoo", "train", "--zoo-dir", str(d)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and zoo.schedule_of(d).name == "tiny", again.stderr[-500:]
     with pytest.raises(zoo.ZooError, match="'full' schedule"):
         zoo.claim_schedule(zoo.ZOO_DIR, zoo.TINY)
 
@@ -357,9 +377,14 @@ def test_the_converged_zoo_in_training_is_consistent():
     nxt = ROOT / "zoo-next"
     if not (nxt / "manifest.json").is_file():
         pytest.skip("no converged zoo in training in this checkout")
-    assert zoo.schedule_of(nxt).name == "converged"
-    for entry in zoo.read_manifest(nxt)["entries"]:
+    schedule = zoo.schedule_of(nxt)
+    assert schedule.name == "converged"
+    for entry, info in zoo.read_manifest(nxt)["entries"].items():
         assert zoo.store._ok(entry, nxt), f"zoo-next/{entry}.pt does not match its checksum"
+        if info["kind"] == "model":  # trained on the schedule as it stands: a changed schedule retrains its entries
+            want = {"steps": schedule.steps, "lr": schedule.lr, "n_train": schedule.n_train,
+                    "batch_size": schedule.batch, "bf16": schedule.bf16}
+            assert {k: info["recipe"][k] for k in want} == want, f"zoo-next/{entry} was trained on another recipe"
     for folder in (nxt / "partial").glob("*"):
         part = zoo.partial_step(folder.name, nxt)  # None: stopped before its first checkpoint
         assert part is None or 0 < part[0] < part[1], f"zoo-next/partial/{folder.name}: step {part}"

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from dlcore.cli.common import add_debug_argument, guarded
+from dlcore.cli.common import add_rendering_arguments, guarded
 
 
 def add_book_arguments(parser) -> None:
-    from dlcore.book import BOOK, EXECUTED
+    from dlcore.book import BOOK
 
-    parser.add_argument("--executed", type=Path, default=EXECUTED, metavar="DIR",
-                        help="the executed notebooks that `make figures` wrote (default build/notebooks)")
-    parser.add_argument("--out", type=Path, default=BOOK, metavar="DIR", help="where the site goes (default build/book)")
-    add_debug_argument(parser)
+    add_rendering_arguments(parser, BOOK, "the site's pages")
 
 
 def run_book(args) -> int:

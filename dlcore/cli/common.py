@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 from dlcore import resolve_device
 
@@ -30,7 +31,7 @@ def command_error(command: str, exc: BaseException, args=None) -> int:
 
     With --debug the exception is re-raised instead, so its traceback shows.
     """
-    if getattr(args, "debug", False):
+    if getattr(args, "debug", False) or isinstance(exc, BrokenPipeError):  # a closed pipe: `__main__` ends quietly
         raise exc
     code = 2 if isinstance(exc, BAD_INPUT) else 1
     hint = "" if code == 2 else f" ({type(exc).__name__}; rerun with --debug for the traceback)"
@@ -60,6 +61,17 @@ def add_run_arguments(parser) -> None:
     """--device, --no-progress and --debug: the options of every command that runs a network."""
     add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_argument(parser)
+
+
+def add_rendering_arguments(parser, out: Path, what: str) -> None:
+    """--executed, --out and --debug: the options of the commands that render the executed notebooks (book,
+    slides); `out` is the default output folder, `what` what goes there."""
+    from dlcore.book import EXECUTED
+
+    parser.add_argument("--executed", type=Path, default=EXECUTED, metavar="DIR",
+                        help="the executed notebooks that `make figures` wrote (default build/notebooks)")
+    parser.add_argument("--out", type=Path, default=out, metavar="DIR", help=f"where {what} go (default {out})")
     add_debug_argument(parser)
 
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-from dlcore.cli.common import add_debug_argument, guarded
+from dlcore.cli.common import add_rendering_arguments, guarded
 
 
 def add_slides_arguments(parser) -> None:
-    from dlcore.book import EXECUTED
     from dlcore.slides import SLIDES
 
     parser.add_argument("--only", metavar="NN", help="export only the notebook whose name starts with NN, e.g. 04")
-    parser.add_argument("--executed", type=Path, default=EXECUTED, metavar="DIR",
-                        help="the executed notebooks that `make figures` wrote (default build/notebooks)")
-    parser.add_argument("--out", type=Path, default=SLIDES, metavar="DIR", help="where the decks go (default build/slides)")
-    add_debug_argument(parser)
+    add_rendering_arguments(parser, SLIDES, "the decks")
 
 
 def run_slides(args) -> int:

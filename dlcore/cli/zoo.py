@@ -13,8 +13,9 @@ def add_zoo_arguments(p) -> None:
     t.add_argument("--only", nargs="+", metavar="NAME", help="retrain these entries (or every seed of a model)")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--zoo-dir", default=str(ZOO_DIR), help=f"where the zoo lives (default {ZOO_DIR})")
-    t.add_argument("--schedule", choices=tuple(SCHEDULES), default="full",
-                   help="tiny: every code path in seconds, numbers meaningless (needs another --zoo-dir)")
+    t.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
+                   help="a new zoo's schedule (default: the one the zoo's manifest names, else full); converged and "
+                        "tiny need another --zoo-dir (tiny: every code path in seconds, numbers meaningless)")
     from dlcore.cli.common import add_debug_argument
 
     add_debug_argument(t)
@@ -53,7 +54,7 @@ def run_zoo(args) -> int:
         device = resolve_device(args.device)
         check_output_dir(zoo_dir, "--zoo-dir")  # before any training: a bad folder fails now, not after an hour
         read_manifest(zoo_dir)  # a damaged manifest would make every entry look missing and be retrained
-        schedule = SCHEDULES[args.schedule]
+        schedule = SCHEDULES[args.schedule] if args.schedule else schedule_of(zoo_dir)
         if schedule.name != "full" and zoo_dir.resolve() == ZOO_DIR.resolve():
             raise ValueError(f"--schedule {schedule.name} would overwrite the shipped zoo; pass --zoo-dir DIR")
         claim_schedule(zoo_dir, schedule)

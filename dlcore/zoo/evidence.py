@@ -44,7 +44,7 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
     if seeds is None:  # the seeds the zoo holds (all of SEEDS once `zoo train` has finished)
         seeds = seeds_of(name, zoo_dir)
         if not seeds:
-            raise ZooError(f"the zoo holds no seed of {name}; run `{rebuild_command(name)}`")
+            raise ZooError(f"the zoo holds no seed of {name}; run `{rebuild_command(name, zoo_dir)}`")
     n_check = schedule_of(zoo_dir).n_check or None
     for seed in seeds:
         model = load(name, seed, zoo_dir)
@@ -58,7 +58,7 @@ def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int =
         n_test = schedule_of(zoo_dir).n_test
         if len(rec["none"]) != n_test:
             raise ZooError(f"the recorded scores of {name}-s{seed} cover {len(rec['none'])} scenes, not the schedule's "
-                           f"{n_test}; rebuild with `{rebuild_command(f'{name}-s{seed}')}`")
+                           f"{n_test}; rebuild with `{rebuild_command(f'{name}-s{seed}', zoo_dir)}`")
         _same(live, rec["none"][:len(live)], f"{name}-s{seed} (no CRF)")
         result = {"none": rec["none"]}
         if "crf" in rec:
@@ -91,7 +91,7 @@ def present(models: dict, zoo_dir: Path = ZOO_DIR) -> dict:
         parts = [(s, partial_step(f"{name}-s{s}", Path(zoo_dir))) for s in seeds if s not in done]
         state = ", ".join(f"seed {s} " + (f"at step {p[0]}/{p[1]}" if p and p[0] >= 0 else "not trained")
                           for s, p in parts)
-        lacking.append(f"{label} ({name}: {state}; `{rebuild_command(name)}`)")
+        lacking.append(f"{label} ({name}: {state}; `{rebuild_command(name, zoo_dir)}`)")
     if lacking:
         raise ZooError(f"the zoo in {zoo_dir} is not complete for this notebook: {'; '.join(lacking)}; "
                        f"`python -m dlcore zoo train` finishes them all (it resumes partial ones)")

@@ -83,7 +83,7 @@ TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seed
 # autocast (1.3-1.55x a step here), 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at, and
 # the CRF cross-validated on 32 held-out scenes over a grid its optimum must lie inside.
 CONVERGED = Schedule("converged", size=256, n_train=4000, n_test=500, n_heldout=32, n_crf=500, seeds=(0, 1, 2),
-                     steps=6000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
+                     steps=12000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
                      curve_every=500, n_curve=64,
                      crf_grid=(("w1", (3.0, 4.0, 5.0, 6.0)), ("sigma_alpha", (10.0, 20.0, 40.0, 80.0, 160.0)),
                                ("sigma_beta", (2.0, 4.0, 8.0))),
@@ -150,8 +150,10 @@ class ZooError(ValueError):
     """A zoo file that is missing, damaged or not what the manifest says; the message names the rebuild command."""
 
 
-def rebuild_command(name: str) -> str:
-    return f"python -m dlcore zoo train --only {name}"
+def rebuild_command(name: str, zoo_dir: Path | None = None) -> str:
+    """The command that (re)trains entry or model `name` of the zoo in `zoo_dir` (the shipped zoo when None)."""
+    where = "" if zoo_dir is None or Path(zoo_dir).resolve() == ZOO_DIR.resolve() else f" --zoo-dir {zoo_dir}"
+    return f"python -m dlcore zoo train --only {name}{where}"
 
 
 def entry_names(schedule: Schedule = FULL) -> list[str]:

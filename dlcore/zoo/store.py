@@ -166,7 +166,7 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
         raise ZooError(f"zoo folder {zoo_dir} {state}; give the zoo's folder (the repository's zoo/: {ZOO_DIR})")
     info = read_manifest(zoo_dir)["entries"].get(name)
     path = zoo_dir / f"{name}.pt"
-    fix = f"rebuild it with `{rebuild_command(name)}`"
+    fix = f"rebuild it with `{rebuild_command(name, zoo_dir)}`"
     if info is None:
         raise ZooError(f"the zoo manifest ({zoo_dir / 'manifest.json'}) has no entry {name!r}; {fix}")
     _own_file(name, info)
@@ -188,7 +188,7 @@ def crf_settings(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
     """The CRF parameters cross-validated for zoo model `name` (dense_crf keyword arguments)."""
     found = read_manifest(zoo_dir)["crf"].get(name)
     if found is None:
-        raise ZooError(f"the zoo manifest has no CRF settings for {name!r}; run `{rebuild_command(name + '-s0')}`")
+        raise ZooError(f"the zoo manifest has no CRF settings for {name!r}; run `{rebuild_command(name + '-s0', zoo_dir)}`")
     return dict(found["params"])
 
 
@@ -196,7 +196,7 @@ def recorded(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     """The per-image confusions `record_scores` stored: {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}."""
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
     if not path.is_file():
-        raise ZooError(f"{path} is missing; rebuild it with `{rebuild_command(f'{name}-s{seed}')}`")
+        raise ZooError(f"{path} is missing; rebuild it with `{rebuild_command(f'{name}-s{seed}', zoo_dir)}`")
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k].astype(np.int64) for k in z.files}
 
@@ -211,7 +211,7 @@ def _ok(name: str, zoo_dir: Path) -> bool:
         return False
     if not isinstance(info, dict) or not {"file", "sha256"} <= set(info):
         raise ZooError(f"the zoo manifest's entry {name!r} lacks its file name or sha256; restore manifest.json "
-                       f"from git or rebuild the entry with `{rebuild_command(name)}`")
+                       f"from git or rebuild the entry with `{rebuild_command(name, zoo_dir)}`")
     _own_file(name, info)
     path = Path(zoo_dir) / info["file"]
     return path.is_file() and _sha256(path) == info["sha256"]

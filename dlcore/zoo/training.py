@@ -66,7 +66,7 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     import json
 
     from dlcore.data import SyntheticScenes
-    from dlcore.io import atomic_write_bytes
+    from dlcore.io import FolderInUse, atomic_write_bytes
     from dlcore.train import train
 
     schedule = schedule_of(zoo_dir)
@@ -90,10 +90,13 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
         atomic_write_bytes(sidecar, json.dumps({**progress_so_far, "seconds": round(
             progress_so_far["seconds"] + time.perf_counter() - started, 1)}).encode())
 
-    result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device, seed=seed,
-                   checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every, resume=resume,
-                   bf16=schedule.bf16, progress=progress, on_step=record,
-                   meta={"zoo_entry": entry, "schedule": schedule.name})
+    try:
+        result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device,
+                       seed=seed, checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every, resume=resume,
+                       bf16=schedule.bf16, progress=progress, on_step=record,
+                       meta={"zoo_entry": entry, "schedule": schedule.name})
+    except FolderInUse as e:
+        raise _in_use(entry, e.pid, zoo_dir) from None
     model = model.cpu()
     frozen = frozen_keys(model)
     state = {k: v.detach() for k, v in model.state_dict().items() if k not in frozen}
@@ -142,14 +145,24 @@ def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[di
                     "heldout_miou_change_stored": delta}
 
 
+def _in_use(entry: str, pid: str, zoo_dir: Path) -> ZooError:
+    return ZooError(f"zoo entry {entry} is being trained by another `zoo train` (pid {pid}); let it finish "
+                    f"(`python -m dlcore zoo list --zoo-dir {zoo_dir}` shows its step), or stop it and run the "
+                    "command again to continue from its last checkpoint")
+
+
 def train_pretrained(arch: str, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
+    from dlcore.io import FolderInUse
     from dlcore.pretrain import pretrain
 
     schedule = schedule_of(zoo_dir)
     recipe = pretrain_recipe(arch, schedule)
     partial = Path(zoo_dir) / "partial" / f"pretrain-{arch}"
-    result = pretrain(arch, **recipe, device=device, checkpoint_dir=partial,
-                      checkpoint_every=schedule.checkpoint_every, progress=progress)
+    try:
+        result = pretrain(arch, **recipe, device=device, checkpoint_dir=partial,
+                          checkpoint_every=schedule.checkpoint_every, progress=progress)
+    except FolderInUse as e:
+        raise _in_use(f"pretrain-{arch}", e.pid, zoo_dir) from None
     info = {"kind": "pretrain", "arch": arch, "schedule": schedule.name, "train_seconds": result["seconds"],
             "recipe": recipe, "label_accuracy": round(result["accuracy"], 4),
             "command": rebuild_command(f"pretrain-{arch}"), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
@@ -227,7 +240,7 @@ def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) ->
     """crf_search on seed 0's model, into the manifest; the other seeds are scored with what it found."""
     if not _ok(f"{model}-s0", zoo_dir):  # e.g. seed 0 still training in another `zoo train`
         raise ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
-                              f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0')}`, "
+                              f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0', zoo_dir)}`, "
                               f"then `python -m dlcore zoo train`, which keeps these weights and records the scores")
     found = crf_search(model, zoo_dir, progress)
     _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))

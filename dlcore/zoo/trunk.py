@@ -69,7 +69,7 @@ def load(name: str, seed: int = 0, zoo_dir: Path = ZOO_DIR) -> nn.Module:
     expected = set(model.state_dict()) - frozen_keys(model)
     if set(state) != expected:
         raise ZooError(f"zoo file {entry}.pt does not hold the weights of {name} (e.g. "
-                       f"{sorted(set(state) ^ expected)[:2]}); rebuild it with `{rebuild_command(entry)}`")
+                       f"{sorted(set(state) ^ expected)[:2]}); rebuild it with `{rebuild_command(entry, zoo_dir)}`")
     model.load_state_dict(state, strict=False)
     memo.shared(model, read_manifest(zoo_dir)["entries"][trunk]["sha256"])
     return model.eval()
