@@ -237,6 +237,24 @@ def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_
     assert curves[0] == curves[1] and [p[0] for p in curves[0]] == [1, 2, 3, 4]
 
 
+def test_only_trains_what_is_missing_and_again_retrains(tiny_zoo, tmp_path, monkeypatch):
+    """`zoo train --only X` trains X's missing seeds and leaves complete ones alone (a queue of entries can be run
+    again after a stop); `--again` retrains them; `--again` without `--only` is refused."""
+    from dlcore.cli import main
+    from dlcore.zoo import training
+
+    trained, real = [], training.train_model
+    monkeypatch.setattr(training, "train_model", lambda name, seed, **k: trained.append(seed) or real(name, seed, **k))
+    d = _copy(tiny_zoo, tmp_path / "z")
+    (d / "deeplab-v1-largefov-s1.pt").unlink()
+    assert main(["zoo", "train", "--only", "deeplab-v1-largefov", "--zoo-dir", str(d)]) == 0
+    assert trained == [1] and zoo.store._complete("deeplab-v1-largefov-s1", d)
+    assert main(["zoo", "train", "--only", "deeplab-v1-largefov", "--zoo-dir", str(d)]) == 0 and trained == [1]
+    assert main(["zoo", "train", "--only", "deeplab-v1-largefov-s0", "--again", "--zoo-dir", str(d)]) == 0
+    assert trained == [1, 0] and zoo.store._complete("deeplab-v1-largefov-s0", d)
+    assert main(["zoo", "train", "--again", "--zoo-dir", str(d)]) == 2
+
+
 def test_a_second_zoo_train_on_the_same_entry_is_refused_by_name(tiny_zoo, tmp_path):
     """Two `zoo train` processes on one entry: the second stops with the entry, the first one's pid and what to do,
     before writing anything; the first one's checkpoint is untouched."""

@@ -10,7 +10,9 @@ from dlcore.zoo.recipe import SCHEDULES, ZOO_DIR, entry_names
 def add_zoo_arguments(p) -> None:
     sub = p.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
     t = sub.add_parser("train", help="train the zoo entries that are missing or altered (resumes an interrupted run)")
-    t.add_argument("--only", nargs="+", metavar="NAME", help="retrain these entries (or every seed of a model)")
+    t.add_argument("--only", nargs="+", metavar="NAME",
+                   help="only these entries (or every seed of a model): train the missing, continue the partial")
+    t.add_argument("--again", action="store_true", help="with --only: retrain them even when complete")
     t.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     t.add_argument("--zoo-dir", default=str(ZOO_DIR), help=f"where the zoo lives (default {ZOO_DIR})")
     t.add_argument("--schedule", choices=tuple(SCHEDULES), default=None,
@@ -58,7 +60,10 @@ def run_zoo(args) -> int:
         if schedule.name != "full" and zoo_dir.resolve() == ZOO_DIR.resolve():
             raise ValueError(f"--schedule {schedule.name} would overwrite the shipped zoo; pass --zoo-dir DIR")
         claim_schedule(zoo_dir, schedule)
-        train_all(args.only, force=bool(args.only), device=device, zoo_dir=zoo_dir)
+        if args.again and not args.only:
+            raise ValueError("--again retrains the entries --only names; give --only NAME (or retrain all: "
+                             "a new --zoo-dir)")
+        train_all(args.only, force=args.again, device=device, zoo_dir=zoo_dir)
     except KeyboardInterrupt:
         print(f"zoo: interrupted; run the same command again to continue from the last checkpoint "
               f"(`python -m dlcore zoo list --zoo-dir {zoo_dir}` shows each entry's step)", flush=True)
