@@ -267,6 +267,12 @@ def test_a_second_zoo_train_on_the_same_entry_is_refused_by_name(tiny_zoo, tmp_p
                                                rf"\(pid {os.getpid()}\).*zoo list --zoo-dir"):
             zoo.train_model("deeplab-v1-largefov", 0, zoo_dir=d, progress=False)
         assert sorted(p.name for p in partial.iterdir()) == [".lock"]
+        # a whole `zoo train` goes on with the entries nobody else holds, then names the one it left
+        (d / "deeplab-v1-largefov-s1.pt").unlink()
+        with pytest.raises(zoo.ZooError, match=r"deeplab-v1-largefov-s0 is being trained by another `zoo train`; "
+                                               r"the rest is done \(1 trained\)"):
+            zoo.train_all(["deeplab-v1-largefov"], force=True, zoo_dir=d, progress=False, log=lambda m: None)
+        assert zoo.store._complete("deeplab-v1-largefov-s1", d)
     assert zoo.store._ok("deeplab-v1-largefov-s0", d)
 
 

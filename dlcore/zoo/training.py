@@ -58,6 +58,9 @@ class _Remembered(torch.utils.data.Dataset):
         return image, mask.long()
 
 
+_SCENES: dict = {}  # (n_train, size) -> the zoo's training scenes, kept for the next model this process trains
+
+
 def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
     """Train zoo model `name` for `seed` and write zoo/NAME-sSEED.pt; returns its manifest record. Checkpoints go to
     zoo/partial/NAME-sSEED/ every `checkpoint_every` steps; a run stopped at any moment continues from the last.
@@ -77,7 +80,9 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     sidecar = partial / "progress.json"  # the curve and the seconds of the run's earlier sittings
     progress_so_far = json.loads(sidecar.read_text()) if resume and sidecar.is_file() else {"curve": [], "seconds": 0}
     model = _seeded_model(name, seed, zoo_dir)
-    scenes = _Remembered(SyntheticScenes("train", n=schedule.n_train, size=schedule.size, seed=0))
+    key = (schedule.n_train, schedule.size)  # every model of a zoo trains on the same scenes: make them once
+    scenes = _SCENES.get(key) or _SCENES.setdefault(key, _Remembered(SyntheticScenes("train", n=schedule.n_train,
+                                                                                      size=schedule.size, seed=0)))
     selection = heldout_scenes(zoo_dir, schedule.n_curve) if schedule.curve_every else None
     started = time.perf_counter()
 
@@ -145,10 +150,14 @@ def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[di
                     "heldout_miou_change_stored": delta}
 
 
+class EntryInUse(ZooError):
+    """Another `zoo train` process holds this entry's checkpoint folder."""
+
+
 def _in_use(entry: str, pid: str, zoo_dir: Path) -> ZooError:
-    return ZooError(f"zoo entry {entry} is being trained by another `zoo train` (pid {pid}); let it finish "
-                    f"(`python -m dlcore zoo list --zoo-dir {zoo_dir}` shows its step), or stop it and run the "
-                    "command again to continue from its last checkpoint")
+    return EntryInUse(f"zoo entry {entry} is being trained by another `zoo train` (pid {pid}); let it finish "
+                      f"(`python -m dlcore zoo list --zoo-dir {zoo_dir}` shows its step), or stop it and run the "
+                      "command again to continue from its last checkpoint")
 
 
 def train_pretrained(arch: str, *, device="cpu", zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
@@ -294,22 +303,36 @@ def train_all(only=None, *, force: bool = False, device="cpu", zoo_dir: Path = Z
     if only:
         wanted = {n for n in names if n in only or (not n.startswith("pretrain-") and _split(n)[0] in only)}
         wanted |= _prerequisites(wanted, zoo_dir)
-    done = []
+    done, elsewhere = [], []
     for entry in names:
         if entry not in wanted or (not (force and only) and _complete(entry, zoo_dir)):
             continue
-        t0 = time.perf_counter()
-        if entry.startswith("pretrain-"):
-            info = train_pretrained(entry.removeprefix("pretrain-"), device=device, zoo_dir=zoo_dir, progress=progress)
-        else:
-            model, seed = _split(entry)
-            # A run stopped after saving the weights but before the scores: keep the weights, finish the rest.
-            trained = not (force and only) and _ok(entry, zoo_dir)
-            info = read_manifest(zoo_dir)["entries"][entry] if trained else \
-                train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
-            if model in CRF_MODELS and (seed == 0 and not trained or model not in read_manifest(zoo_dir)["crf"]):
-                _cross_validate_crf(model, seed, zoo_dir, progress)
-            record_scores(model, seed, zoo_dir)
+        try:
+            info = _train_entry(entry, force=force and bool(only), device=device, zoo_dir=zoo_dir, progress=progress)
+        except EntryInUse as e:  # another `zoo train` has it: go on with the rest, and say so at the end
+            log(str(e))
+            elsewhere.append(entry)
+            continue
         done.append(entry)
-        log(f"{entry}: {time.perf_counter() - t0:.0f} s ({info['train_seconds']} s training)")
+        log(f"{entry}: {info['seconds']:.0f} s ({info['train_seconds']} s training)")
+    if elsewhere:
+        raise ZooError(f"{', '.join(elsewhere)} {'is' if len(elsewhere) == 1 else 'are'} being trained by another "
+                       f"`zoo train`; the rest is done ({len(done)} trained)")
     return done
+
+
+def _train_entry(entry: str, *, force: bool, device, zoo_dir: Path, progress: bool) -> dict:
+    """Train one entry (or finish its CRF search and scores); its record, with the seconds this took."""
+    t0 = time.perf_counter()
+    if entry.startswith("pretrain-"):
+        info = train_pretrained(entry.removeprefix("pretrain-"), device=device, zoo_dir=zoo_dir, progress=progress)
+    else:
+        model, seed = _split(entry)
+        # A run stopped after saving the weights but before the scores: keep the weights, finish the rest.
+        trained = not force and _ok(entry, zoo_dir)
+        info = read_manifest(zoo_dir)["entries"][entry] if trained else \
+            train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
+        if model in CRF_MODELS and (seed == 0 and not trained or model not in read_manifest(zoo_dir)["crf"]):
+            _cross_validate_crf(model, seed, zoo_dir, progress)
+        record_scores(model, seed, zoo_dir)
+    return {**info, "seconds": time.perf_counter() - t0}
