@@ -255,6 +255,25 @@ def test_only_trains_what_is_missing_and_again_retrains(tiny_zoo, tmp_path, monk
     assert main(["zoo", "train", "--again", "--zoo-dir", str(d)]) == 2
 
 
+def test_a_model_trained_from_an_older_pretraining_is_stale_and_retrained(tiny_zoo, tmp_path):
+    """Each model records the sha256 of what it started from (the pre-trained classifier, FCN's previous stage): when
+    that file changes, the model's frozen layers are not the ones it learnt on, so `load` refuses it by name, `zoo
+    list` says stale, and `zoo train` retrains it."""
+    from dlcore.cli.zoo import _state
+
+    d = _copy(tiny_zoo, tmp_path / "z")
+    info = zoo.read_manifest(d)["entries"]["fcn16s-s0"]
+    assert set(info["started_from"]) == {"pretrain-vgg16", "fcn32s-s0"}
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["entries"]["fcn16s-s0"]["started_from"]["fcn32s-s0"] = "0" * 64  # fcn32s-s0 retrained since
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert _state("fcn16s-s0", d) == "stale (trained from an older fcn32s-s0)"
+    with pytest.raises(zoo.ZooError, match=r"fcn16s-s0.pt was trained from another fcn32s-s0 .*zoo train --only fcn16s-s0"):
+        zoo.load("fcn16s", 0, d)
+    assert zoo.train_all(["fcn16s-s0"], zoo_dir=d, progress=False, log=lambda m: None) == ["fcn16s-s0"]
+    assert _state("fcn16s-s0", d) == "ok"
+
+
 def test_a_second_zoo_train_on_the_same_entry_is_refused_by_name(tiny_zoo, tmp_path):
     """Two `zoo train` processes on one entry: the second stops with the entry, the first one's pid and what to do,
     before writing anything; the first one's checkpoint is untouched."""
@@ -409,6 +428,9 @@ def test_the_converged_zoo_in_training_is_consistent():
             want = {"steps": schedule.steps, "lr": schedule.lr, "n_train": schedule.n_train,
                     "batch_size": schedule.batch, "bf16": schedule.bf16}
             assert {k: info["recipe"][k] for k in want} == want, f"zoo-next/{entry} was trained on another recipe"
+            assert "started_from" in info, f"zoo-next/{entry} does not record what it started from"
+        else:
+            assert info["recipe"]["steps"] == schedule.pretrain_steps, f"zoo-next/{entry}: another pre-training"
     for folder in (nxt / "partial").glob("*"):
         part = zoo.partial_step(folder.name, nxt)  # None: stopped before its first checkpoint
         assert part is None or 0 < part[0] < part[1], f"zoo-next/partial/{folder.name}: step {part}"

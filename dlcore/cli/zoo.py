@@ -26,13 +26,16 @@ def add_zoo_arguments(p) -> None:
 
 
 def _state(entry: str, zoo_dir: Path) -> str:
-    from dlcore.zoo.store import _complete, _ok, partial_step
+    from dlcore.zoo.store import _complete, _ok, partial_step, read_manifest, stale_starts
 
     if _complete(entry, zoo_dir):
         return "ok"
     part = partial_step(entry, zoo_dir)
     if part is not None:
         return "partial (damaged checkpoint)" if part[0] < 0 else f"partial ({part[0]}/{part[1]} steps)"
+    stale = stale_starts(entry, zoo_dir) if entry in read_manifest(zoo_dir)["entries"] else []
+    if stale:
+        return f"stale (trained from an older {' and '.join(stale)})"
     return "trained, scores missing" if _ok(entry, zoo_dir) else "missing or altered"
 
 

@@ -87,7 +87,7 @@ CONVERGED = Schedule("converged", size=256, n_train=4000, n_test=500, n_heldout=
                      curve_every=500, n_curve=64,
                      crf_grid=(("w1", (3.0, 4.0, 5.0, 6.0)), ("sigma_alpha", (10.0, 20.0, 40.0, 80.0, 160.0)),
                                ("sigma_beta", (2.0, 4.0, 8.0))),
-                     pretrain_steps=1200, pretrain_images=8192, pretrain_batch=16,
+                     pretrain_steps=3600, pretrain_images=8192, pretrain_batch=16,
                      models=("fcn32s", "fcn16s", "fcn8s", "deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8",
                              "deeplab-v1-largefov", "deeplab-v1-largefov-msc", "deeplab-v2-vgg-aspp-s",
                              "deeplab-v2-vgg-aspp-l", "deeplab-v2-resnet101-largefov",

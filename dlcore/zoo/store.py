@@ -181,7 +181,19 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("name") != name:
         raise ZooError(f"zoo file {path} holds {blob.get('name') if isinstance(blob, dict) else 'something else'!r}, "
                        f"not {name!r}; {fix}")
+    stale = stale_starts(name, zoo_dir)
+    if stale:
+        raise ZooError(f"zoo file {path} was trained from another {' and '.join(stale)} than the zoo holds now (its "
+                       f"frozen layers would not be the ones it learnt on); {fix}")
     return unpack(blob["state"])
+
+
+def stale_starts(name: str, zoo_dir: Path) -> list[str]:
+    """The entries that `name` started from (the pre-trained classifier, FCN's previous stage) whose file has changed
+    since `name` was trained: its record's `started_from` sha256s against the manifest's now."""
+    entries = read_manifest(zoo_dir)["entries"]
+    started = (entries.get(name) or {}).get("started_from", {})
+    return [start for start, sha in started.items() if (entries.get(start) or {}).get("sha256") != sha]
 
 
 def crf_settings(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
@@ -214,7 +226,7 @@ def _ok(name: str, zoo_dir: Path) -> bool:
                        f"from git or rebuild the entry with `{rebuild_command(name, zoo_dir)}`")
     _own_file(name, info)
     path = Path(zoo_dir) / info["file"]
-    return path.is_file() and _sha256(path) == info["sha256"]
+    return path.is_file() and _sha256(path) == info["sha256"] and not stale_starts(name, zoo_dir)
 
 
 def _own_file(name: str, info: dict) -> None:

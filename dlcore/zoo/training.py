@@ -80,6 +80,9 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     sidecar = partial / "progress.json"  # the curve and the seconds of the run's earlier sittings
     progress_so_far = json.loads(sidecar.read_text()) if resume and sidecar.is_file() else {"curve": [], "seconds": 0}
     model = _seeded_model(name, seed, zoo_dir)
+    spec, entries = MODELS[name], read_manifest(zoo_dir)["entries"]
+    starts = [f"pretrain-{spec.trunk}"] + ([f"{spec.init_from}-s{seed}"] if spec.init_from else [])
+    started_from = {start: entries[start]["sha256"] for start in starts}  # retraining these makes this one stale
     key = (schedule.n_train, schedule.size)  # every model of a zoo trains on the same scenes: make them once
     scenes = _SCENES.get(key) or _SCENES.setdefault(key, _Remembered(SyntheticScenes("train", n=schedule.n_train,
                                                                                       size=schedule.size, seed=0)))
@@ -111,7 +114,8 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
             "recipe": {"build": asdict(MODELS[name]), "width": WIDTH, "size": schedule.size,
                        "n_train": schedule.n_train, "steps": steps, "batch_size": schedule.batch, "lr": schedule.lr,
                        "bf16": schedule.bf16, "loss": round(float(result["loss"]), 4)},
-            "command": rebuild_command(entry), "machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+            "command": rebuild_command(entry), "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+            "started_from": started_from}
     if selection is not None:
         info["curve"] = progress_so_far["curve"]
     _save_entry(entry, stored, info, zoo_dir)
