@@ -22,6 +22,7 @@ from dlcore.figures import NOTEBOOKS, ROOT, notebooks
 
 EXECUTED = ROOT / "build" / "notebooks"
 BOOK = ROOT / "build" / "book"
+CLAIMS = ROOT / "build" / "claims"  # the rows each notebook's full run saved (`zoo.claims.Ledger.save`)
 
 # (page, title, paper, notebooks by number): the book's table of contents, in the papers' order.
 PAPERS = [
@@ -121,9 +122,10 @@ def _paper_page(title: str, paper: str | None, numbers: list[str], names: dict) 
 
 
 def stage(folder: Path = NOTEBOOKS, executed_dir: Path = EXECUTED, src: Path = ROOT / "build" / "book-src",
-          only: list[str] | None = None) -> Path:
+          only: list[str] | None = None, claims_dir: Path = CLAIMS) -> Path:
     """Write the book's sources into `src`: conf.py, the front page, a page per paper, the executed notebooks
-    (the cell papermill injected removed) and the answers. `only` (notebook numbers) limits it, for tests."""
+    (the cell papermill injected removed), the "paper against ours" page (from `claims_dir`) and the answers.
+    `only` (notebook numbers) limits it, for tests."""
     paths = [p for p in notebooks(folder=folder) if only is None or p.name[:2] in only]
     if not paths:
         raise BookError(f"no notebook to put in the book (folder {folder}, only {only})")
@@ -150,6 +152,12 @@ def stage(folder: Path = NOTEBOOKS, executed_dir: Path = EXECUTED, src: Path = R
         if numbers:
             (src / f"{page}.md").write_text(_paper_page(title, paper, numbers, names))
             pages.append(page)
+    claims = [saved for saved in sorted(Path(claims_dir).glob("*.json")) if saved.stem in checked]
+    if claims:  # the claims of the notebooks in this book
+        from dlcore.zoo.claims import page
+
+        (src / "paper_vs_ours.md").write_text(page(claims))
+        pages.append("paper_vs_ours")
     answers = sorted(p.stem for p in (src / "notebooks" / "answers").glob("*.md"))
     if answers:
         (src / "answers.md").write_text("\n".join(

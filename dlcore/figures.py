@@ -263,6 +263,17 @@ def run_all(smoke: bool = False, only: str | None = None, device: str = "auto", 
     return ordered
 
 
+CLAIMS_PAGE = ROOT / "docs" / "paper_vs_ours.md"
+
+
+def write_claims_page(claims_dir: Path = ROOT / "build" / "claims", out: Path = CLAIMS_PAGE) -> Path:
+    """docs/paper_vs_ours.md from the claims the notebooks' full runs saved (`zoo.claims.page`); the README links it."""
+    from dlcore.io import atomic_write_bytes
+    from dlcore.zoo.claims import page
+
+    return atomic_write_bytes(out, page(sorted(Path(claims_dir).glob("*.json"))).encode())
+
+
 def _cores() -> int:
     from dlcore.crf.threads import available_cores  # the one count of the cores this process may run on
 

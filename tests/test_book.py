@@ -60,6 +60,30 @@ def test_an_executed_copy_older_than_its_notebook_is_refused(tmp_path):
         book.stage(folder=folder, executed_dir=tmp_path / "executed", src=tmp_path / "src")
 
 
+def test_the_paper_against_ours_page_shows_each_claim_of_the_books_notebooks(tmp_path):
+    """Every saved claim of a notebook in the book is a row: the paper's source and gap, ours with the seed sd,
+    the verdict and its measured reason; claims of notebooks outside the book stay out."""
+    from dlcore.zoo.claims import Claim, Ledger
+
+    folder, path = _copy(tmp_path, "02")
+    _fake_executed(path, tmp_path / "executed")
+    ledger = Ledger(smoke=False)
+    ledger.measure(Claim("ASPP-L > LargeFOV, before the CRF", "v2 Table 3", 3.2), [60, 61, 62], [55, 56, 57])
+    ledger.measure(Claim("ASPP-L > ASPP-S, before the CRF", "v2 Table 3", 1.98), [60, 61, 62], [61, 62, 63])
+    ledger.fact(Claim("LargeFOV trains at least 3x as fast as 7x7 (multiply-adds)", "v1 Table 2", 3.36), 4.7, True)
+    ledger.check(not_reproduced={"ASPP-L > ASPP-S, before the CRF": "rate 24 reads padding"})
+    claims = tmp_path / "claims"
+    ledger.save(claims, "02")
+    ledger.save(claims, "06")  # not in this book
+    src = book.stage(folder=folder, executed_dir=tmp_path / "executed", src=tmp_path / "src", claims_dir=claims)
+    text = (src / "paper_vs_ours.md").read_text()
+    assert "| ASPP-L > LargeFOV, before the CRF | v2 Table 3: +3.20 | +5.00 (sd 1.00, 3 seeds) | holds |" in text
+    assert "| ASPP-L > ASPP-S, before the CRF | v2 Table 3: +1.98 | -1.00 (sd 1.00, 3 seeds) | NOT reproduced: " \
+           "rate 24 reads padding |" in text
+    assert "| v1 Table 2: 3.36 | 4.70 | holds |" in text and "## 06" not in text
+    assert "paper_vs_ours" in (src / "index.md").read_text()
+
+
 def test_the_cli_says_which_command_to_run_first(tmp_path, capsys):
     from dlcore.cli import main
 

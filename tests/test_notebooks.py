@@ -215,3 +215,16 @@ def test_checks_its_parameters_before_using_them(path):
     code = [c for c in _cells(path) if c["cell_type"] == "code"]
     setup = "".join(code[1]["source"])
     assert "dlcore.check_parameters(globals())" in setup, f"{path.name}: its setup cell does not check its parameters"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_claims_go_through_the_shared_ledger(path):
+    """A notebook that measures the papers' claims does it with `zoo.claims.Ledger` (no copied claim block), asserts
+    them with `ledger.check`, and saves them for the "paper against ours" page."""
+    code = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
+    if "ledger.measure(" not in code:
+        assert "def claim(" not in code and "CLAIMS = " not in code, f"{path.name}: a claim block of its own"
+        return
+    assert "ledger.check(not_reproduced=" in code, f"{path.name}: measures claims but never asserts them"
+    assert f'ledger.save(CLAIMS_DIR, "{path.name[:2]}")' in code, f"{path.name}: its claims miss the comparison page"
+    assert 'CLAIMS_DIR = "../build/claims"' in "".join(_parameters_cells(path)[0]["source"])

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -346,28 +347,37 @@ def test_a_claim_holds_only_with_the_papers_sign_and_a_gap_above_the_seed_spread
     near = Claim("a within 1 of b", "Table 2", -0.3, within=1.0)
     assert verdict_of(near, np.array(a), np.array(a) + 1.5)["holds"]  # |gap| 1.5 <= 1 + sd 1
     assert not verdict_of(near, np.array(a), np.array(a) + 2.5)["holds"]
+    adds = Claim("a adds at least 1.5 to b", "Table 1", +5.4, at_least=1.5)
+    assert verdict_of(adds, np.array(a), np.array(b))["holds"]  # gap 3 - 1.5 > sd 1
+    assert not verdict_of(adds, np.array(a), np.array(b) + 0.5)["holds"]  # gap 2.5 - 1.5 is not above sd 1
 
 
-def test_a_ledger_in_full_mode_fails_on_missing_models_and_checks_both_kinds():
+def test_a_ledger_in_full_mode_checks_both_kinds_and_saves_its_rows():
     from dlcore.zoo.claims import Claim, Ledger
 
-    wanted = {"A": "deeplab-v2-vgg-aspp-l", "B": "deeplab-v1-largefov"}
-    full = Ledger(wanted, {"B": wanted["B"]}, smoke=False)
-    with pytest.raises(zoo.ZooError, match="zoo train --only deeplab-v2-vgg-aspp-l"):
-        full.measure(Claim("A > B", "Table 3", 1.0), lambda: [1, 2], lambda: [0, 1], needs=("A", "B"))
-    smoke = Ledger(wanted, {"B": wanted["B"]}, smoke=True)
-    assert smoke.measure(Claim("A > B", "Table 3", 1.0), lambda: pytest.fail("measured"), list, needs=("A", "B")) == {}
-    ledger = Ledger(wanted, wanted, smoke=False)
-    ledger.measure(Claim("A > B", "Table 3", 1.0), lambda: [60, 61, 62], lambda: [50, 51, 52], needs=("A", "B"))
-    ledger.measure(Claim("B > A", "Table 3", 1.0), lambda: [50, 51, 52], lambda: [60, 61, 62], needs=("A", "B"))
-    ledger.check(not_reproduced=["B > A"])
+    smoke = Ledger(smoke=True)
+    assert smoke.measure(Claim("A > B", "Table 3", 1.0), [60], [50])["verdict"] == "too few seeds"
+    smoke.check(not_reproduced={"A > B": "r"})  # never asserted
+    ledger = Ledger(smoke=False)
+    ledger.measure(Claim("A > B", "Table 3", 1.0), [60, 61, 62], [50, 51, 52])
+    ledger.measure(Claim("B > A", "Table 3", 1.0), [50, 51, 52], [60, 61, 62])
     with pytest.raises(AssertionError, match="now reproduced"):
-        ledger.check(not_reproduced=["A > B", "B > A"])
+        ledger.check(not_reproduced={"A > B": "r", "B > A": "r"})
     with pytest.raises(AssertionError, match="does not hold"):
-        ledger.check(not_reproduced=[])
+        ledger.check(not_reproduced={})
     with pytest.raises(AssertionError, match="never measured"):
-        ledger.check(not_reproduced=["B > A", "C > D"])
-    assert [r["verdict"] for r in ledger.rows()] == ["holds", "NOT reproduced"]
+        ledger.check(not_reproduced={"B > A": "r", "C > D": "r"})
+    ledger.check(not_reproduced={"B > A": "the map is too small"})
+    rows = ledger.rows()
+    assert [r["verdict"] for r in rows] == ["holds", "NOT reproduced"] and rows[1]["reason"] == "the map is too small"
+    two = Ledger(smoke=False)  # "holds" needs three seeds' spread
+    assert two.measure(Claim("A > B", "Table 3", 1.0), [60, 61], [50, 51])["verdict"] == "too few seeds"
+    # the "paper against ours" rows are saved in full mode only, atomically, as the notebook's own file
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = ledger.save(d, "06")
+        assert json.loads(path.read_text()) == {"notebook": "06", "rows": rows}
+        assert smoke.save(d, "07") is None and sorted(p.name for p in Path(d).iterdir()) == ["06.json"]
 
 
 def test_a_notebook_refuses_a_zoo_that_lacks_a_model_naming_its_step_and_command(tiny_zoo, tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 from dlcore.cli.common import add_debug_argument, add_device_argument, check_device, guarded
 from dlcore.figures import (CHECK_OUTPUT, ROOT, NotebookFailed, checked_cells, default_fig_dir, default_jobs, notebooks,
-                            run_all, store_checked_outputs, table)
+                            run_all, store_checked_outputs, table, write_claims_page)
 
 
 def add_figures_arguments(parser) -> None:
@@ -38,6 +38,8 @@ def _run_figures(args) -> int:
         raise NotebookFailed(f"{lines[0]}; its executed copy is in build/notebooks/") from None
     print(table(results))
     print(f"figures written to {default_fig_dir(args.smoke)}/")
+    if not args.smoke and not args.only:  # every notebook ran in full: their claims make the comparison page
+        print(f"the papers against ours: {write_claims_page()}")
     if args.store_checked:
         out_dir = ROOT / "build" / "notebooks"
         for path in notebooks(args.only):

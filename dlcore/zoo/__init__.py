@@ -24,7 +24,8 @@ and then compare heads, strides and skips. So the zoo does it once:
 The package, one part per step: `recipe` (what is trained, on what `Schedule`), `store` (the files, the manifest
 and the schedule it names), `trunk` (the pre-trained start, the zoo's scenes), `memo` (the frozen stem remembered
 per image), `training` (step 3 and 4, `train_all`),
-`evidence` (what the notebooks call: scores checked against the records, orderings across seeds, the claims);
+`evidence` (what the notebooks call: scores checked against the records, means over seeds), `claims` (the papers'
+claims as data: `Claim`, `Ledger`);
 the command is `dlcore.cli.zoo`.
 
 Files: `zoo/NAME.pt` (fp16 weights of what was trained, torch.save of tensors: loaded with weights_only=True)
@@ -33,8 +34,7 @@ checks the sha256 before reading a file and names the rebuild command when a fil
 """
 
 from dlcore.zoo import recipe
-from dlcore.zoo.evidence import (at_least, check_claims, compare, evaluate, fmt, for_notebook, miou, over_seeds,
-                                 predictions, present, seeds_of, verdict, within)
+from dlcore.zoo.evidence import evaluate, fmt, for_notebook, miou, over_seeds, predictions, present, seeds_of
 from dlcore.zoo.memo import StemMemo
 from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, FULL, MODELS, PRETRAIN, SCHEDULES, TINY, WIDTH, ZOO_DIR, Schedule, Spec,
                                ZooError, build, entry_names, rebuild_command)
@@ -47,10 +47,10 @@ from dlcore.zoo.trunk import (branch_labels, frozen_keys, heldout_scenes, labels
 
 __all__ = [
     "CRF_ITERATIONS", "CRF_MODELS", "FULL", "MODELS", "PRETRAIN", "SCHEDULES", "Schedule", "Spec", "StemMemo", "TINY", "WIDTH", "ZOO_DIR",
-    "ZooError", "at_least", "branch_labels", "build", "check_claims", "claim_schedule", "compare", "crf_refine",
+    "ZooError", "branch_labels", "build", "claim_schedule", "crf_refine",
     "crf_search", "crf_settings", "entry_names", "evaluate", "fmt", "for_notebook", "frozen_keys", "heldout_scenes",
     "image_confusions", "labels_of", "load", "load_entry", "logits", "miou", "over_seeds", "pack", "partial_step",
     "predictions", "present", "probabilities", "read_manifest", "rebuild_command", "record_scores", "recorded",
     "scenes", "schedule_of", "seeds_of", "start_from_pretrained", "test_scenes", "train_all", "train_model",
-    "train_pretrained", "unpack", "verdict", "within",
+    "train_pretrained", "unpack",
 ]

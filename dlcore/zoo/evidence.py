@@ -121,48 +121,6 @@ def over_seeds(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
-def compare(a, b) -> dict:
-    """Is mean(a) > mean(b) by more than the seed spread (the larger sd of the two)? Both: one value per seed.
-    With fewer than two seeds on a side the spread is unknown and the ordering never holds."""
-    (ma, sa), (mb, sb) = over_seeds(a), over_seeds(b)
-    gap, spread = ma - mb, max(sa, sb)
-    seeds = min(len(a), len(b))
-    return {"gap": round(gap, 2), "spread": round(spread, 2), "seeds": seeds, "holds": seeds > 1 and gap > spread}
-
-
-def within(a, b, points: float) -> dict:
-    """Is |mean(a) - mean(b)| at most `points` (plus the seed spread)? "LargeFOV is as good as 7x7"."""
-    r = compare(a, b)
-    return {**r, "holds": r["seeds"] > 1 and abs(r["gap"]) <= points + r["spread"]}
-
-
-def at_least(a, b) -> dict:
-    """Is mean(a) no worse than mean(b), beyond the seed spread? "Output stride 8 is at least as accurate"."""
-    r = compare(a, b)
-    return {**r, "holds": r["seeds"] > 1 and r["gap"] >= -r["spread"]}
-
-
-def verdict(result: dict) -> str:
-    """How a claim's measurement reads: holds, NOT reproduced, or unmeasured (fewer than two seeds trained)."""
-    if result.get("seeds", 2) < 2:
-        return "too few seeds"
-    return "holds" if result["holds"] else "NOT reproduced"
-
-
-def check_claims(claims: dict, not_reproduced) -> None:
-    """Each paper claim must hold, except the ones a notebook names as not reproduced (with the measured reason),
-    which must still not hold: CI then fails when either kind changes. Claims measured on fewer than two seeds
-    (a zoo still being trained) are left unasserted."""
-    for text, result in claims.items():
-        if verdict(result) == "too few seeds":
-            continue
-        if text in not_reproduced:
-            assert not result["holds"], f"now reproduced, update the notebook: {text} ({result})"
-        else:
-            assert result["holds"], f"the paper's claim does not hold: {text} ({result})"
-
-
-
 def fmt(values) -> str:
     m, sd = over_seeds(values)
     return f"{m:.1f} ± {sd:.1f}" if len(values) > 1 else f"{m:.1f} (1 seed)"
