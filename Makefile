@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.dlcore-installed
 
-.PHONY: setup test figures figures-smoke book slides lab chromium clean
+.PHONY: setup test figures figures-smoke book slides student lab chromium clean
 
 # Installed once; again only when pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +31,10 @@ book: setup
 
 slides: setup
 	$(PY) -m dlcore slides
+
+# The notebooks without their worked solutions (build/student/): every exercise cell emptied, outputs cleared.
+student: setup
+	$(PY) -m dlcore student
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -161,8 +161,8 @@ def stage(folder: Path = NOTEBOOKS, executed_dir: Path = EXECUTED, src: Path = R
     answers = sorted(p.stem for p in (src / "notebooks" / "answers").glob("*.md"))
     if answers:
         (src / "answers.md").write_text("\n".join(
-            ["# Answers", "", "Worked answers and hints for each notebook's exercises and questionnaire. Try the "
-             "exercise first.", "", "```{toctree}", ":maxdepth: 1", ""] + [f"notebooks/answers/{a}" for a in answers]
+            ["# Answers", "", "Worked solutions to each notebook's exercises, and the answers to its "
+             "questionnaire. Try the exercise first.", "", "```{toctree}", ":maxdepth: 1", ""] + [f"notebooks/answers/{a}" for a in answers]
             + ["```", ""]))
         pages.append("answers")
     readme = (ROOT / "README.md").read_text()

@@ -18,6 +18,7 @@ COMMANDS = {
     "figures": "run every notebook headless and regenerate figures/",
     "book": "build the static site of the executed notebooks (build/book/, offline)",
     "slides": "export the notebooks' lecture slides as static reveal.js decks (build/slides/, offline)",
+    "student": "write the notebooks' student copies, exercise cells emptied (build/student/)",
     "download": "download PASCAL VOC 2012 / SBD (needs internet; never run by tests)",
     "crf-search": "cross-validate the CRF's w1, sigma_alpha, sigma_beta on held-out images",
     "import-caffe": "convert a published DeepLab .caffemodel into a dlcore checkpoint",
@@ -40,6 +41,8 @@ def _module(command: str):
         from dlcore.cli import book as module
     elif command == "slides":
         from dlcore.cli import slides as module
+    elif command == "student":
+        from dlcore.cli import student as module
     elif command == "download":
         from dlcore.cli import download as module
     elif command == "crf-search":
