@@ -206,8 +206,11 @@ def _fmt_measured(value) -> str:
     return f"{100 * value:.2f}"
 
 
-def paper_vs_measured(table: PaperTable | str, measured: dict | None = None) -> str:
+def paper_vs_measured(table: PaperTable | str, measured: dict | None = None, *, measured_label: str = "measured") -> str:
     """A markdown table: the paper's columns beside the measured ones ("not run" where nothing was measured).
+
+    measured_label heads the measured columns: say what they were measured on when it is not the table's data
+    (e.g. "ours, synthetic scenes": same protocol, other images, so the levels are not comparable).
 
     measured: {row name: float or scores dict}; floats and dict values are fractions in [0, 1] as
     `dlcore.metrics.scores` returns them (shown in %). A float stands for the table's last column; a dict is
@@ -219,7 +222,7 @@ def paper_vs_measured(table: PaperTable | str, measured: dict | None = None) -> 
     if unknown:
         raise ValueError(f"measured rows {sorted(unknown)} are not rows of {table.key}; its rows: {table.row_names}")
     headline = table.columns[-1][0]
-    head = ["method"] + [f"paper {h}" for _, h in table.columns] + [f"measured {h}" for _, h in table.columns]
+    head = ["method"] + [f"paper {h}" for _, h in table.columns] + [f"{measured_label} {h}" for _, h in table.columns]
     lines = [f"{table.title}", f"source: {table.source}", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, values in table.rows:

@@ -74,15 +74,21 @@ class VOCSegmentation(Dataset):
     """PASCAL VOC 2012 (+ SBD): `ds[i] -> (image uint8 [3,H,W], mask int64 [H,W])`, 255 = void.
 
     transform: optional callable (image, mask) -> (image, mask), e.g. `dlcore.data.transforms.train_transform()`.
+    class_names: the classes the label indices stand for, when a dataset in VOC's layout is not VOC (default
+        VOC's 21; e.g. `SyntheticScenes.class_names` for `write_voc_fixture`'s folders).
     """
 
     class_names = list(VOC_CLASSES)
     num_classes = len(VOC_CLASSES)
     ignore_index = 255
 
-    def __init__(self, root, split: str = "train", transform=None):
+    def __init__(self, root, split: str = "train", transform=None, *, class_names=None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if class_names is not None:
+            if len(class_names) < 2:
+                raise ValueError(f"class_names needs the background and at least one class, got {list(class_names)}")
+            self.class_names, self.num_classes = list(class_names), len(class_names)
         self.root = find_voc2012(root)
         self.split, self.transform = split, transform
         self.ids = (_trainaug_ids(self.root) if split == "trainaug"
@@ -123,12 +129,13 @@ class VOCSegmentation(Dataset):
         return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}): {len(self)} images"
 
 
-def write_voc_fixture(root, *, n_train: int = 4, n_val: int = 4, size=64, seed: int = 0) -> Path:
-    """A tiny dataset in the exact VOC 2012 layout, made from SyntheticScenes (tests and notebook 08 smoke runs).
+def write_voc_fixture(root, *, n_train: int = 4, n_val: int = 4, size=64, seed: int = 0, offset: int = 0) -> Path:
+    """A dataset in the exact VOC 2012 layout, made from SyntheticScenes (tests and notebook 08).
 
     root/VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png, ImageSets/Segmentation/{train,val}.txt};
-    SyntheticScenes' classes (fewer than 21) are written as VOC class indices, the void band as 255.
-    Returns the VOC2012 folder.
+    each split holds SyntheticScenes(split, seed=seed) scenes offset .. offset+n-1 (ids name the scene index);
+    SyntheticScenes' class indices are written as they are (read them back with
+    `VOCSegmentation(..., class_names=SyntheticScenes.class_names)`), the void band as 255. Returns the VOC2012 folder.
     """
     from PIL import Image
 
@@ -138,9 +145,9 @@ def write_voc_fixture(root, *, n_train: int = 4, n_val: int = 4, size=64, seed: 
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val)):
-        scenes = SyntheticScenes(split, n=n, size=size, seed=seed)
-        ids = [f"2007_{split}_{i:06d}" for i in range(n)]
-        for name, (image, mask) in zip(ids, (scenes[i] for i in range(n))):
+        scenes = SyntheticScenes(split, n=offset + n, size=size, seed=seed)
+        ids = [f"2007_{split}_{i:06d}" for i in range(offset, offset + n)]
+        for name, (image, mask) in zip(ids, (scenes[i] for i in range(offset, offset + n))):
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
             save_label_png(mask.numpy(), voc / "SegmentationClass" / f"{name}.png")
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
