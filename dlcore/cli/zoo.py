@@ -35,7 +35,8 @@ def _state(entry: str, zoo_dir: Path) -> str:
         return "partial (damaged checkpoint)" if part[0] < 0 else f"partial ({part[0]}/{part[1]} steps)"
     stale = stale_starts(entry, zoo_dir) if entry in read_manifest(zoo_dir)["entries"] else []
     if stale:
-        return f"stale (trained from an older {' and '.join(stale)})"
+        return "stale (not the schedule's pre-training)" if stale == [entry] else \
+            f"stale (trained from an older {' and '.join(stale)})"
     return "trained, scores missing" if _ok(entry, zoo_dir) else "missing or altered"
 
 

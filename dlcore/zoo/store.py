@@ -182,6 +182,8 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
         raise ZooError(f"zoo file {path} holds {blob.get('name') if isinstance(blob, dict) else 'something else'!r}, "
                        f"not {name!r}; {fix}")
     stale = stale_starts(name, zoo_dir)
+    if stale == [name]:
+        raise ZooError(f"zoo file {path} was pre-trained for other steps than the zoo's schedule asks; {fix}")
     if stale:
         raise ZooError(f"zoo file {path} was trained from another {' and '.join(stale)} than the zoo holds now (its "
                        f"frozen layers would not be the ones it learnt on); {fix}")
@@ -190,9 +192,13 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
 
 def stale_starts(name: str, zoo_dir: Path) -> list[str]:
     """The entries that `name` started from (the pre-trained classifier, FCN's previous stage) whose file has changed
-    since `name` was trained: its record's `started_from` sha256s against the manifest's now."""
-    entries = read_manifest(zoo_dir)["entries"]
-    started = (entries.get(name) or {}).get("started_from", {})
+    since `name` was trained: its record's `started_from` sha256s against the manifest's now. A pre-trained
+    classifier trained for other steps than the zoo's schedule asks is stale itself ([name])."""
+    manifest = read_manifest(zoo_dir)
+    entries, info = manifest["entries"], manifest["entries"].get(name) or {}
+    if info.get("kind") == "pretrain" and info.get("recipe", {}).get("steps") != schedule_of(zoo_dir).pretrain_steps:
+        return [name]
+    started = info.get("started_from", {})
     return [start for start, sha in started.items() if (entries.get(start) or {}).get("sha256") != sha]
 
 
