@@ -116,7 +116,7 @@ def verdict_of(claim: Claim, a: np.ndarray, b: np.ndarray) -> dict:
 
 
 NOTEBOOK_TITLES = {"01": "FCN", "03": "DeepLab v1", "05": "DeepLab v1, boundaries", "06": "DeepLab v2, ASPP",
-                   "07": "DeepLab v2, ResNet-101", "09": "CRF as RNN"}
+                   "07": "DeepLab v2, ResNet-101", "08": "The VOC protocol", "09": "CRF as RNN"}
 
 
 def page(saved: list) -> str:
