@@ -80,12 +80,12 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     sidecar = partial / "progress.json"  # the curve and the seconds of the run's earlier sittings
     progress_so_far = json.loads(sidecar.read_text()) if resume and sidecar.is_file() else {"curve": [], "seconds": 0}
     model = _seeded_model(name, seed, zoo_dir)
-    spec, entries = MODELS[name], read_manifest(zoo_dir)["entries"]
-    starts = [f"pretrain-{spec.trunk}"] + ([f"{spec.init_from}-s{seed}"] if spec.init_from else [])
-    started_from = {start: entries[start]["sha256"] for start in starts}  # retraining these makes this one stale
+    entries = read_manifest(zoo_dir)["entries"]
+    started_from = {start: entries[start]["sha256"] for start in _starts(name, seed)}  # retraining these: stale
     key = (schedule.n_train, schedule.size)  # every model of a zoo trains on the same scenes: make them once
-    scenes = _SCENES.get(key) or _SCENES.setdefault(key, _Remembered(SyntheticScenes("train", n=schedule.n_train,
-                                                                                      size=schedule.size, seed=0)))
+    if key not in _SCENES:
+        _SCENES[key] = _Remembered(SyntheticScenes("train", n=schedule.n_train, size=schedule.size, seed=0))
+    scenes = _SCENES[key]
     selection = heldout_scenes(zoo_dir, schedule.n_curve) if schedule.curve_every else None
     started = time.perf_counter()
 
@@ -278,16 +278,20 @@ def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     return out
 
 
+def _starts(model: str, seed: int) -> list[str]:
+    """The entries a model's seed starts from: the pre-trained classifier, and FCN's previous stage (same seed)."""
+    spec = MODELS[model]
+    return [f"pretrain-{spec.trunk}"] + ([f"{spec.init_from}-s{seed}"] if spec.init_from else [])
+
+
 def _prerequisites(entries: set, zoo_dir: Path) -> set:
     """The entries `entries` start from (pre-trained trunk, FCN's earlier stages) that are not complete yet."""
-    need = set()
-    for entry in entries:
-        while not entry.startswith("pretrain-"):
-            model, seed = _split(entry)
-            spec = MODELS[model]
-            entry = f"{spec.init_from}-s{seed}" if spec.init_from else f"pretrain-{spec.trunk}"
-            if entry not in entries and not _complete(entry, zoo_dir):
-                need.add(entry)
+    need, todo = set(), [e for e in entries if not e.startswith("pretrain-")]
+    while todo:
+        for start in _starts(*_split(todo.pop())):
+            if start not in entries and start not in need and not _complete(start, zoo_dir):
+                need.add(start)
+                todo += [] if start.startswith("pretrain-") else [start]
     return need
 
 
