@@ -1,18 +1,22 @@
-"""What a zoo training step costs on this CPU, and what each lever saves: bf16 autocast, the memoised stem.
+"""What a zoo training step costs on this CPU, and what each lever saves.
 
     python benchmarks/zoo_levers.py [--models deeplab-v1-largefov ...] [--repeats 7]
 
 For each model, one thread, batch 8 of 256 x 256 scenes, in one process so that the ratios compare like with like:
 - a scene made by SyntheticScenes (what `zoo train` makes once per training scene and keeps);
 - the frozen stem on one image (what the memo computes once per image);
-- a training step (forward, backward, SGD) with the stem memoised, in fp32 and in bf16 autocast;
-- the same step with the stem recomputed every step (no memo), fp32.
+- a training step (forward, backward, SGD) as `zoo train` runs it: stem memoised, bf16 autocast, DeepLab's scores
+  kept at the output stride against the subsampled labels, the zoo's dropout, FCN's upsamplers in fp32;
+- the same step with one lever undone at a time: fp32, labels at full size (the scores upsampled first), torch's
+  nn.Dropout, the upsamplers in bf16, the stem recomputed every step (no memo). Each column's ratio is what that
+  lever saves (the undone step's seconds over the trained step's).
 Each figure is the median of --repeats timed steps after one warm-up step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -48,13 +52,14 @@ def main() -> None:
     items = [scenes[i] for i in range(8)]
     x = normalize(torch.stack([im for im, _ in items]))
     masks = torch.stack([m for _, m in items])
-    print(f"{'model':<32}{'scene':>8}{'stem/img':>10}{'step fp32':>11}{'step bf16':>11}{'no memo':>10}{'bf16 gain':>11}"
-          f"{'memo gain':>11}   (seconds, median of {args.repeats}; one thread)")
+    levers = ("fp32", "full labels", "torch dropout", "bf16 upsampler", "no memo")
+    print(f"{'model':<32}{'scene':>7}{'stem/img':>9}{'step':>7}" + "".join(f"{k:>16}" for k in levers)
+          + f"   (seconds, median of {args.repeats}; one thread; x = what the lever saves)")
     for name in args.models:
         model = training._seeded_model(name, 0, ZOO_DIR).train()
         optimizer = torch.optim.SGD(param_groups(model, 0.01), lr=0.01, momentum=0.9)
 
-        def step(bf16: bool):
+        def step(bf16: bool = True):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
             loss = segmentation_loss(out, masks)
@@ -63,13 +68,44 @@ def main() -> None:
             optimizer.step()
 
         stem_s = _median_seconds(lambda: model.backbone.stem(x[:1]), args.repeats)
-        fp32 = _median_seconds(lambda: step(False), args.repeats)
-        bf16 = _median_seconds(lambda: step(True), args.repeats)
+        trained = _median_seconds(step, args.repeats)
+        undone = {"fp32": _median_seconds(lambda: step(False), args.repeats)}
+        with _undone(model, "full labels"):
+            undone["full labels"] = _median_seconds(step, args.repeats)
+        with _undone(model, "torch dropout"):
+            undone["torch dropout"] = _median_seconds(step, args.repeats)
+        with _undone(model, "bf16 upsampler"):
+            undone["bf16 upsampler"] = _median_seconds(step, args.repeats)
         model.backbone.stem_memo = None
-        plain = _median_seconds(lambda: step(False), args.repeats)
+        undone["no memo"] = _median_seconds(step, args.repeats)
         memo.attach(model)
-        print(f"{name:<32}{scene_s:>8.3f}{stem_s:>10.3f}{fp32:>11.3f}{bf16:>11.3f}{plain:>10.3f}{fp32 / bf16:>10.2f}x"
-              f"{plain / fp32:>10.2f}x")
+        print(f"{name:<32}{scene_s:>7.3f}{stem_s:>9.3f}{trained:>7.3f}"
+              + "".join(f"{undone[k]:>9.3f} {undone[k] / trained:>4.2f}x" for k in levers))
+
+
+@contextlib.contextmanager
+def _undone(model, lever: str):
+    """`model` with one of the zoo's training levers replaced by the plain way, for the time of the block."""
+    from torch import nn
+
+    from dlcore.heads import BilinearUpsampler, Dropout
+
+    swaps = []
+    for m in model.modules():
+        if lever == "full labels" and hasattr(m, "train_at_stride"):
+            swaps.append((m, "train_at_stride", False))
+        if lever == "torch dropout" and isinstance(m, Dropout):
+            swaps.append((m, "__class__", nn.Dropout))
+        if lever == "bf16 upsampler" and isinstance(m, BilinearUpsampler):
+            swaps.append((m, "__class__", nn.ConvTranspose2d))
+    before = [(m, k, getattr(m, k)) for m, k, _ in swaps]
+    for m, k, v in swaps:
+        setattr(m, k, v)
+    try:
+        yield
+    finally:
+        for m, k, v in before:
+            setattr(m, k, v)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 WORK = Path("build/zoo-study")
+# Runs since the zoo trains as DeepLab does (the ground truth subsampled by 8, `DeepLab.train_at_stride`; FCN's
+# final upsamplers fixed): their keys and folders end in "@stride"; the runs before were trained against the
+# full-size labels.
+LOOP = "stride"
 
 
 def parse(run: str) -> dict:
@@ -56,7 +60,7 @@ def curve(model_name: str, run: str, select: int, every: int, log, zoo_dir: Path
     from dlcore.zoo import FULL, ZOO_DIR, image_confusions, labels_of, probabilities, scenes, training
 
     cfg = parse(run)
-    work = WORK / (model_name + (f"@{Path(zoo_dir).name}" if zoo_dir else "")) / run
+    work = WORK / (model_name + (f"@{Path(zoo_dir).name}" if zoo_dir else "")) / f"{run}@{LOOP}"
     points_file = work / "points.json"
     points = json.loads(points_file.read_text()) if points_file.is_file() else []
     if cfg["os16"]:  # the same model at output stride 16, for this run only
@@ -115,7 +119,7 @@ def main() -> None:
     from dlcore.io import atomic_write_bytes
 
     for run in args.runs:
-        key = f"{args.model}/{run}@train"  # the first version's runs are "{model}/{run}"
+        key = f"{args.model}/{run}@train@{LOOP}"  # the first version's runs are "{model}/{run}"
         if args.zoo_dir:  # another pre-training: its own key and checkpoints
             key += f"@{args.zoo_dir.name}"
         done = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -124,7 +128,7 @@ def main() -> None:
         print(key, flush=True)
         pts = curve(args.model, run, args.select, args.every, lambda s: print(s, flush=True), args.zoo_dir)
         done = json.loads(args.out.read_text()) if args.out.exists() else {}  # another run may have added its own
-        done[key] = {"points": pts, "select": args.select, "loop": "dlcore.train", "date": time.strftime("%Y-%m-%d"),
+        done[key] = {"points": pts, "select": args.select, "loop": f"dlcore.train, {LOOP}", "date": time.strftime("%Y-%m-%d"),
                      "machine": "2-core AMD EPYC, 1 thread"}
         atomic_write_bytes(args.out, json.dumps(done, indent=1).encode())
 

@@ -62,7 +62,12 @@ class FCN(nn.Module):
 class DeepLab(nn.Module):
     """A dense trunk, a head giving class scores at the output stride, bilinear upsampling to the input size
     (DeepLab v1 Sec. 3.1: "simple bilinear interpolation to increase their resolution by a factor of 8").
-    `msc_features=True` feeds the image and pool1..pool4 to the head (v1's MSc)."""
+    `msc_features=True` feeds the image and pool1..pool4 to the head (v1's MSc).
+
+    `train_at_stride = True` trains as the papers do: in train mode the scores stay at the output stride, and the
+    loss takes the ground truth subsampled to them (v1 Sec. 3.1: "our targets are the ground truth labels
+    (subsampled by 8)"; DeepLab v3 Sec. 4.1 names this as v1 and v2's practice). It also spares the upsampling and
+    a 64x larger softmax in every step."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, msc_features: bool = False):
         super().__init__()
@@ -70,6 +75,7 @@ class DeepLab(nn.Module):
         self.head = head
         self.msc_features = msc_features
         self.output_stride = backbone.output_stride
+        self.train_at_stride = False
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores at the output stride (before upsampling)."""
@@ -79,7 +85,8 @@ class DeepLab(nn.Module):
         return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _resize(self.scores(x), x.shape[-2:])
+        scores = self.scores(x)
+        return scores if self.training and self.train_at_stride else _resize(scores, x.shape[-2:])
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         return self.head.classifier_parameters()
@@ -89,8 +96,9 @@ class MSC(DeepLab):
     """DeepLab v2 Sec. 3.2, multi-scale inputs: the shared network on the image at each of `scales`; the score
     maps are resized (bilinear) to the scale-1.0 map's size and fused by the pixelwise maximum.
 
-    `train()` mode returns `[fused, scores at scales[0], scores at scales[1], ...]`, all at the input size, for a
-    loss on each (the paper's training); `eval()` returns the fused logits. Same parameters and state-dict
+    `train()` mode returns `[fused, scores at scales[0], scores at scales[1], ...]`, all at the input size (each at
+    its own stride with `train_at_stride`), for a loss on each (the paper's training); `eval()` returns the fused
+    logits. Same parameters and state-dict
     keys as the single-scale model, so weights move freely between the two.
     """
 
@@ -108,7 +116,7 @@ class MSC(DeepLab):
         fused = torch.stack([_resize(m, ref.shape[-2:]) for m in maps]).amax(0)
         if not self.training:
             return _resize(fused, size)
-        return [_resize(m, size) for m in (fused, *maps)]
+        return [m if self.train_at_stride else _resize(m, size) for m in (fused, *maps)]
 
 
 def scaled_input(x: torch.Tensor, s: float) -> torch.Tensor:

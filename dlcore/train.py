@@ -204,10 +204,16 @@ def segmentation_loss(outputs, target: torch.Tensor) -> torch.Tensor:
     if isinstance(outputs, (list, tuple)):
         return sum(segmentation_loss(o, target) for o in outputs)
     logits = outputs.float()
-    if logits.shape[-2:] != target.shape[-2:]:  # a net that returns strided scores: upsample them, as at test time
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    if logits.shape[-2:] != target.shape[-2:]:  # strided scores: the labels at the centres of their cells
+        target = subsample_labels(target, logits.shape[-2:])
     valid = (target != IGNORE_INDEX).sum().clamp_min(1)
     return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+
+
+def subsample_labels(target: torch.Tensor, size) -> torch.Tensor:
+    """Label maps [B,H,W] -> [B,h,w]: each output cell takes the label at its centre (nearest, void stays void), as
+    DeepLab v1 and v2 train against the ground truth subsampled by the output stride."""
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(target.dtype)
 
 
 def _check_train_args(dataset, steps, batch_size, lr, power, checkpoint_dir, checkpoint_every, resume, world):

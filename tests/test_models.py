@@ -157,6 +157,58 @@ def test_fcn_upsamplers_are_bilinear_and_equal_interpolation():
         assert torch.allclose(fine[..., f:-f, f:-f], ref[..., f:-f, f:-f], atol=1e-5)  # equal away from the border
 
 
+def test_fcn_final_upsamplers_are_fixed_and_run_in_fp32_under_autocast():
+    """FCN Sec. 4.3: the final upsampling is fixed bilinear, the 2x ones learn; under bf16 autocast the upsampler
+    gives the fp32 result (torch's bf16 kernel for it is 7x slower on a CPU)."""
+    model = build_model("fcn8s", num_classes=3, width=W)
+    head = model.head
+    assert not head.upscore8.weight.requires_grad
+    assert head.upscore2.weight.requires_grad and head.upscore_pool4.weight.requires_grad
+    assert not build_model("fcn32s", num_classes=3, width=W).head.upscore.weight.requires_grad
+    assert not build_model("fcn16s", num_classes=3, width=W).head.upscore16.weight.requires_grad
+    coarse = torch.randn(1, 3, 5, 4)
+    with torch.no_grad():
+        ref = head.upscore8(coarse)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head.upscore8(coarse.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, head.upscore8(coarse.bfloat16().float()))
+    assert (out - ref).abs().max() < 0.05  # only the bf16 rounding of the input
+
+
+def test_train_at_stride_keeps_the_scores_at_the_output_stride_in_training_only():
+    """DeepLab v1 Sec. 3.1 trains against the ground truth subsampled by 8: with `train_at_stride` the train-mode
+    output is the stride-8 score map (each MSC scale at its own size); eval mode is unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 48)
+    for name in ("deeplab-v1-largefov", "deeplab-v2-resnet101-aspp-l"):
+        model = build_model(name, num_classes=4, width=W)
+        full = _eval_forward(model, x)
+        model.train_at_stride = True
+        assert torch.equal(_eval_forward(model, x), full)
+        with torch.no_grad():
+            strided = model.train()(x)
+        assert strided.shape == (2, 4, 8, 6)
+    model = build_model("deeplab-v2-resnet101-aspp-l-msc", num_classes=4, width=W, freeze_bn=True)
+    model.train_at_stride = True
+    with torch.no_grad():
+        outputs = model.train()(x)
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(8, 6), (4, 3), (6, 5), (8, 6)]
+
+
+def test_dropout_drops_a_fraction_p_and_keeps_the_mean():
+    from dlcore.heads import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.5)
+    x = torch.ones(200_000)
+    y = drop.train()(x)
+    assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert abs((y == 0).float().mean().item() - 0.5) < 0.01
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
 def test_fcn_score_layers_start_at_zero():
     model = build_model("fcn8s", num_classes=3, width=W)
     for name in ("score_fr", "score_pool4", "score_pool3"):

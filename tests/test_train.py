@@ -101,6 +101,19 @@ def test_loss_ignores_void_and_sums_msc_outputs():
     assert segmentation_loss(logits.requires_grad_(), void).item() == 0.0  # not NaN
 
 
+def test_strided_scores_are_scored_against_the_labels_at_their_cells_centres():
+    from dlcore.train import subsample_labels
+
+    target = torch.arange(16 * 16).reshape(1, 16, 16) % 7
+    target[0, 4, 4] = 255
+    small = subsample_labels(target, (2, 2))
+    assert torch.equal(small, target[:, 4::8, 4::8]) and small[0, 0, 0] == 255  # void stays void
+    logits = torch.randn(1, 7, 2, 2)
+    torch.testing.assert_close(segmentation_loss(logits, target), segmentation_loss(logits, small))
+    assert segmentation_loss(logits, target) != segmentation_loss(
+        F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False), target)
+
+
 def test_msc_list_output_trains():
     class TwoOutputs(TinyNet):
         def forward(self, x):

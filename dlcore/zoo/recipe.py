@@ -175,11 +175,12 @@ CRF_MODELS = ("deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8", "deeplab-
 def build(name: str) -> nn.Module:
     """Zoo model `name` (a key of MODELS), untrained, at the zoo's width, 11 SyntheticScenes classes."""
     from dlcore.data import SyntheticScenes
-    from dlcore.models import build_model
+    from dlcore.models import DeepLab, build_model
 
     if name not in MODELS:
         raise ValueError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}")
     spec = MODELS[name]
     model = build_model(spec.model, num_classes=SyntheticScenes.num_classes, width=WIDTH, **spec.options)
     model.zoo_name = name
+    model.train_at_stride = isinstance(model, DeepLab)  # the ground truth subsampled by 8, as v1 and v2 train
     return model
