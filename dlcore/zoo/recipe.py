@@ -78,12 +78,12 @@ TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seed
                 crf_grid=(("w1", (4.0,)), ("sigma_alpha", (10.0, 20.0)), ("sigma_beta", (5.0,))),
                 pretrain_steps=2, pretrain_images=8, pretrain_batch=2, checkpoint_every=1, crf_expand=True,
                 curve_every=1, n_curve=2)
-# The converged zoo (being trained into zoo-next/, issue 21): every model on the paper's 6,000 iterations (v1 Sec. 4.1:
-# 6,000 for every v1 variant; the study in benchmarks/RESULTS.md: LargeFOV's last quarter adds < 1 point), bf16
-# autocast (1.3-1.55x a step here), 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at, and
-# the CRF cross-validated on 32 held-out scenes over a grid its optimum must lie inside.
+# The converged zoo (being trained into zoo-next/, issue 21): every model on one schedule, 24,000 steps, the
+# length LargeFOV's doubling test chose (benchmarks/RESULTS.md: 6,000 -> 12,000 steps adds 5.2 points, 12,000 ->
+# 24,000 adds 2.0), bf16 autocast, 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at,
+# and the CRF cross-validated on 32 held-out scenes over a grid its optimum must lie inside.
 CONVERGED = Schedule("converged", size=256, n_train=4000, n_test=500, n_heldout=32, n_crf=500, seeds=(0, 1, 2),
-                     steps=12000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
+                     steps=24000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
                      curve_every=500, n_curve=64,
                      crf_grid=(("w1", (3.0, 4.0, 5.0, 6.0)), ("sigma_alpha", (10.0, 20.0, 40.0, 80.0, 160.0)),
                                ("sigma_beta", (2.0, 4.0, 8.0))),
