@@ -256,6 +256,44 @@ def test_only_trains_what_is_missing_and_again_retrains(tiny_zoo, tmp_path, monk
     assert main(["zoo", "train", "--again", "--zoo-dir", str(d)]) == 2
 
 
+def test_a_partial_run_begun_on_an_older_pretraining_starts_again(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """A checkpoint in zoo/partial/ records what its run started from; when the pre-training has changed since, its
+    steps were taken on another frozen stem, so `zoo train` starts the entry again instead of resuming it."""
+    import dataclasses
+
+    from dlcore.checkpoint import load_checkpoint, save_checkpoint
+
+    monkeypatch.setitem(zoo.SCHEDULES, "tiny", dataclasses.replace(zoo.TINY, steps=4, checkpoint_every=1))
+    entry, name = "deeplab-v1-largefov-s0", "deeplab-v1-largefov"
+    whole = _copy(tiny_zoo, tmp_path / "whole")
+    zoo.train_model(name, 0, zoo_dir=whole, progress=False)
+    d = _copy(tiny_zoo, tmp_path / "z")
+    real_step, calls = torch.optim.SGD.step, []
+
+    def killed_at_3(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_model(name, 0, zoo_dir=d, progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    last = d / "partial" / entry / "last.pt"
+    state = load_checkpoint(last)
+    assert state["meta"]["started_from"] == {"pretrain-vgg16": zoo.read_manifest(d)["entries"]["pretrain-vgg16"]["sha256"]}
+    state["meta"]["started_from"]["pretrain-vgg16"] = "0" * 64  # begun before the pre-training was redone
+    state["model"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in state["model"].items()}  # other weights
+    save_checkpoint(last, **{k: state[k] for k in ("model", "optimizer", "step", "schedule", "rng", "meta", "loss")})
+    capsys.readouterr()
+    zoo.train_model(name, 0, zoo_dir=d, progress=False)
+    assert "its partial run started from an older pretrain-vgg16; starting it again" in capsys.readouterr().out
+    a, b = zoo.load_entry(entry, whole), zoo.load_entry(entry, d)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # all four steps taken again, as by an uninterrupted run
+    assert [p[0] for p in zoo.read_manifest(d)["entries"][entry]["curve"]] == [1, 2, 3, 4]
+
+
 def test_a_model_trained_from_an_older_pretraining_is_stale_and_retrained(tiny_zoo, tmp_path):
     """Each model records the sha256 of what it started from (the pre-trained classifier, FCN's previous stage): when
     that file changes, the model's frozen layers are not the ones it learnt on, so `load` refuses it by name, `zoo

@@ -76,12 +76,16 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     entry = f"{name}-s{seed}"
     steps = schedule.value(MODELS[name], "steps")
     partial = Path(zoo_dir) / "partial" / entry
+    entries = read_manifest(zoo_dir)["entries"]
+    started_from = {start: entries[start]["sha256"] for start in _starts(name, seed)}  # retraining these: stale
     resume = (partial / "last.pt").is_file()
+    if resume and _partial_started_from(partial) != started_from:  # begun on an older pre-training: worthless
+        print(f"{entry}: its partial run started from an older {', '.join(started_from)}; starting it again")
+        shutil.rmtree(partial)
+        resume = False
     sidecar = partial / "progress.json"  # the curve and the seconds of the run's earlier sittings
     progress_so_far = json.loads(sidecar.read_text()) if resume and sidecar.is_file() else {"curve": [], "seconds": 0}
     model = _seeded_model(name, seed, zoo_dir)
-    entries = read_manifest(zoo_dir)["entries"]
-    started_from = {start: entries[start]["sha256"] for start in _starts(name, seed)}  # retraining these: stale
     key = (schedule.n_train, schedule.size)  # every model of a zoo trains on the same scenes: make them once
     if key not in _SCENES:
         _SCENES[key] = _Remembered(SyntheticScenes("train", n=schedule.n_train, size=schedule.size, seed=0))
@@ -102,7 +106,7 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
         result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device,
                        seed=seed, checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every, resume=resume,
                        bf16=schedule.bf16, progress=progress, on_step=record,
-                       meta={"zoo_entry": entry, "schedule": schedule.name})
+                       meta={"zoo_entry": entry, "schedule": schedule.name, "started_from": started_from})
     except FolderInUse as e:
         raise _in_use(entry, e.pid, zoo_dir) from None
     model = model.cpu()
@@ -121,6 +125,13 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
     _save_entry(entry, stored, info, zoo_dir)
     shutil.rmtree(partial, ignore_errors=True)  # the entry is complete: its checkpoint has done its job
     return info
+
+
+def _partial_started_from(partial: Path) -> dict | None:
+    """What the partial run in `partial` started from, as its checkpoint records it (None: not recorded)."""
+    from dlcore.checkpoint import load_checkpoint
+
+    return (load_checkpoint(partial / "last.pt").get("meta") or {}).get("started_from")
 
 
 def _miou(model: nn.Module, data: dict) -> float:
