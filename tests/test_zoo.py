@@ -202,6 +202,22 @@ def test_predictions_reuse_what_evaluate_computed(tiny_zoo, monkeypatch):
     assert kept.dtype == torch.int64 and torch.equal(kept, fresh[:2]) and len(images) == len(masks) == 2
 
 
+def _killed_before_step_3(name: str, zoo_dir, monkeypatch) -> None:
+    """Train zoo model `name` (seed 0) in `zoo_dir`, killed (KeyboardInterrupt) as its third SGD step starts."""
+    real_step, calls = torch.optim.SGD.step, []
+
+    def killed_at_3(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_model(name, 0, zoo_dir=zoo_dir, progress=False)
+    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+
+
 def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_path, monkeypatch):
     """A model's training killed part-way leaves its checkpoint in zoo/partial/, `zoo list` shows the step, and the
     next `zoo train` continues from it to the very weights of an uninterrupted run; the checkpoint then goes."""
@@ -216,19 +232,7 @@ def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_
     zoo.train_model(name, 0, zoo_dir=whole, progress=False)
     stopped = _copy(tiny_zoo, tmp_path / "stopped")
     (stopped / f"{entry}.pt").unlink()  # missing: `zoo list` reads its state from the checkpoint
-    real_step = torch.optim.SGD.step
-    calls = []
-
-    def killed_at_3(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", killed_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        zoo.train_model(name, 0, zoo_dir=stopped, progress=False)
-    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    _killed_before_step_3(name, stopped, monkeypatch)
     assert _state(entry, stopped) == "partial (2/4 steps)" and zoo.partial_step(entry, stopped) == (2, 4)
     zoo.train_model(name, 0, zoo_dir=stopped, progress=False)
     assert not (stopped / "partial" / entry).exists()
@@ -268,18 +272,7 @@ def test_a_partial_run_begun_on_an_older_pretraining_starts_again(tiny_zoo, tmp_
     whole = _copy(tiny_zoo, tmp_path / "whole")
     zoo.train_model(name, 0, zoo_dir=whole, progress=False)
     d = _copy(tiny_zoo, tmp_path / "z")
-    real_step, calls = torch.optim.SGD.step, []
-
-    def killed_at_3(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.SGD, "step", killed_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        zoo.train_model(name, 0, zoo_dir=d, progress=False)
-    monkeypatch.setattr(torch.optim.SGD, "step", real_step)
+    _killed_before_step_3(name, d, monkeypatch)
     last = d / "partial" / entry / "last.pt"
     state = load_checkpoint(last)
     assert state["meta"]["started_from"] == {"pretrain-vgg16": zoo.read_manifest(d)["entries"]["pretrain-vgg16"]["sha256"]}
