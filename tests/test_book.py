@@ -176,7 +176,7 @@ def test_every_cell_of_a_slide_notebook_has_a_slide_type():
     from dlcore.slides import check_slides, has_slides
 
     with_slides = [p for p in notebooks() if has_slides(p)]
-    assert {p.name[:2] for p in with_slides} >= {"00", "01", "02", "04", "05", "08"}
+    assert {p.name[:2] for p in with_slides} >= {"00", "01", "02", "04", "05", "06", "08", "09"}
     for path in with_slides:
         check_slides(path)
 

@@ -14,7 +14,7 @@ from dlcore.student import (PLACEHOLDER, check_exercises, exercise_cells, is_exe
                             numbered_items, student_copy, write_student_copies)
 
 # The notebooks whose exercises have worked solutions in the notebook (the others are reported by the command).
-SOLVED = ["00", "01", "02", "04", "05"]
+SOLVED = ["00", "01", "02", "04", "05", "06", "09"]
 PATHS = {p.name[:2]: p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")}
 ANSWERS = NOTEBOOKS / "answers"
 
