@@ -67,7 +67,7 @@ def test_tiny_zoo_loads_every_model(tiny_zoo):
     assert not (tiny_zoo / "partial").exists() or not list((tiny_zoo / "partial").iterdir())
     curve = manifest["entries"]["deeplab-v1-largefov-s0"]["curve"]  # the learning curve, every `curve_every` steps
     assert [p[0] for p in curve] == [1, 2] and all(0 <= p[1] <= 100 for p in curve)
-    for name in zoo.CRF_MODELS:
+    for name in zoo.TINY.crf_models:
         assert set(manifest["crf"][name]["params"]) == {"w1", "sigma_alpha", "sigma_beta"}
     model = zoo.load("fcn8s", 1, tiny_zoo)
     assert not model.training

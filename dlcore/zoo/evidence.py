@@ -32,7 +32,7 @@ def _keep_labels(key: tuple, labels: np.ndarray) -> None:
 
 
 def evaluate(name: str, seeds=None, *, zoo_dir: Path = ZOO_DIR, check_crf: int = 2) -> dict:
-    """Per seed: per-image confusions on the test scenes, {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}.
+    """Per seed: per-image confusions on the test scenes, {"none": [n_test,C,C], "crf": [n_crf,C,C] (crf_models)}.
 
     "none" is recomputed here from the shipped weights (seconds) on the schedule's first `n_check` test scenes (all
     when 0), and must equal what `zoo train` recorded; the table reads the record of every test scene. "crf" is the

@@ -18,6 +18,12 @@ ZOO_DIR = ROOT / "zoo"
 FORMAT = "dlcore-zoo"
 WIDTH = 0.125  # every channel count x 1/8 (conv5: 64 channels; LargeFOV's fc6: 128; the 7x7 fc6: 512)
 CRF_ITERATIONS = 10
+# The models whose fully connected CRF a zoo cross-validates and records: every DeepLab on output stride 8, as v1 Sec. 5
+# and v2 Tables 3-4 refine every DeepLab (FCN has no CRF). A schedule may record fewer (`Schedule.crf_models`).
+CRF_MODELS = ("deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8", "deeplab-v1-largefov",
+              "deeplab-v1-largefov-msc", "deeplab-v1-4x4-long", "deeplab-v1-largefov-long", "deeplab-v1-largefov-paper",
+              "deeplab-v2-vgg-aspp-s", "deeplab-v2-vgg-aspp-l", "deeplab-v2-resnet101-largefov",
+              "deeplab-v2-resnet101-largefov-msc", "deeplab-v2-resnet101-aspp-l")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Schedule:
     crf_expand: bool = False  # widen the CRF grid until its optimum lies inside (`training.crf_search`)
     curve_every: int = 0  # record a learning curve every this many steps (0: none) ...
     n_curve: int = 0  # ... on this many held-out scenes
+    crf_models: tuple = CRF_MODELS  # the models whose CRF is cross-validated and recorded
 
     @property
     def heldout_offset(self) -> int:
@@ -72,7 +79,9 @@ FULL = Schedule("full", size=256, n_train=1000, n_test=96, n_heldout=8, n_crf=32
                 pretrain_steps=1200, pretrain_images=8192, pretrain_batch=16,
                 # The VGG-16 DeepLab heads were trained on a shorter schedule when the first zoo's CPU time ran short:
                 # 150 steps, the CRF cross-validated on 4 held-out scenes and recorded on 16.
-                short=(("steps", 150), ("n_heldout", 4), ("n_crf", 16)))
+                short=(("steps", 150), ("n_heldout", 4), ("n_crf", 16)),
+                # the first zoo refined ResNet-101 with the CRF in its ASPP-L only
+                crf_models=tuple(m for m in CRF_MODELS if "resnet101-largefov" not in m))
 # Every code path in seconds (the tests, `zoo train --schedule tiny`, the notebooks' smoke runs); never the shipped zoo.
 TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seeds=(0, 1), steps=2, batch=2, lr=0.03,
                 crf_grid=(("w1", (4.0,)), ("sigma_alpha", (10.0, 20.0)), ("sigma_beta", (5.0,))),
@@ -169,10 +178,6 @@ def _split(entry: str) -> tuple[str, int]:
     return model, int(seed)
 
 
-CRF_MODELS = ("deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8", "deeplab-v1-largefov",
-              "deeplab-v1-largefov-msc", "deeplab-v1-4x4-long", "deeplab-v1-largefov-long", "deeplab-v1-largefov-paper",
-              "deeplab-v2-vgg-aspp-s", "deeplab-v2-vgg-aspp-l",
-              "deeplab-v2-resnet101-aspp-l")
 
 def build(name: str) -> nn.Module:
     """Zoo model `name` (a key of MODELS), untrained, at the zoo's width, 11 SyntheticScenes classes."""

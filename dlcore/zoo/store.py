@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dlcore.io import atomic_write
-from dlcore.zoo.recipe import CRF_MODELS, FORMAT, FULL, SCHEDULES, ZOO_DIR, Schedule, ZooError, _split, rebuild_command
+from dlcore.zoo.recipe import FORMAT, FULL, SCHEDULES, ZOO_DIR, Schedule, ZooError, _split, rebuild_command
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -211,7 +211,7 @@ def crf_settings(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
 
 
 def recorded(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
-    """The per-image confusions `record_scores` stored: {"none": [n_test,C,C], "crf": [n_crf,C,C] (CRF_MODELS)}."""
+    """The per-image confusions `record_scores` stored: {"none": [n_test,C,C], "crf": [n_crf,C,C] (crf_models)}."""
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
     if not path.is_file():
         raise ZooError(f"{path} is missing; rebuild it with `{rebuild_command(f'{name}-s{seed}', zoo_dir)}`")
@@ -262,5 +262,5 @@ def _complete(entry: str, zoo_dir: Path) -> bool:
     if entry.startswith("pretrain-"):
         return True
     model, seed = _split(entry)
-    crf_ok = model not in CRF_MODELS or model in read_manifest(zoo_dir)["crf"]
+    crf_ok = model not in schedule_of(zoo_dir).crf_models or model in read_manifest(zoo_dir)["crf"]
     return crf_ok and (Path(zoo_dir) / "scores" / f"{entry}.npz").is_file()

@@ -15,7 +15,7 @@ from torch import nn
 
 from dlcore.io import atomic_write
 from dlcore.zoo import memo
-from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, MODELS, WIDTH, ZOO_DIR, ZooError, _split, build,
+from dlcore.zoo.recipe import (CRF_ITERATIONS, MODELS, WIDTH, ZOO_DIR, ZooError, _split, build,
                                entry_names, pretrain_recipe, rebuild_command)
 from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry,
                               pack, read_manifest, schedule_of, unpack)
@@ -271,7 +271,8 @@ def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) ->
 
 
 def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
-    """Per-image confusion matrices on the test scenes, without the CRF (n_test) and with it (n_crf, CRF_MODELS),
+    """Per-image confusion matrices on the test scenes, without the CRF (n_test) and with it (n_crf; the schedule's
+    `crf_models`),
     stored in zoo/scores/NAME-sSEED.npz: the CRF is too slow to rerun for every model in a notebook's minutes,
     so notebooks read these and re-check a few images live (`check_recorded`)."""
     model = load(name, seed, zoo_dir)
@@ -279,7 +280,7 @@ def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
     out = {"none": image_confusions(labels_of(probs), masks, model.num_classes)}
-    if name in CRF_MODELS:
+    if name in schedule_of(zoo_dir).crf_models:
         params = crf_settings(name, zoo_dir)
         n = schedule_of(zoo_dir).value(MODELS[name], "n_crf")
         out["crf"] = image_confusions(crf_refine(data["images"][:n], probs[:n], params), masks[:n],
@@ -351,7 +352,8 @@ def _train_entry(entry: str, *, force: bool, device, zoo_dir: Path, progress: bo
         trained = not force and _ok(entry, zoo_dir)
         info = read_manifest(zoo_dir)["entries"][entry] if trained else \
             train_model(model, seed, device=device, zoo_dir=zoo_dir, progress=progress)
-        if model in CRF_MODELS and (seed == 0 and not trained or model not in read_manifest(zoo_dir)["crf"]):
+        crf_pending = seed == 0 and not trained or model not in read_manifest(zoo_dir)["crf"]
+        if model in schedule_of(zoo_dir).crf_models and crf_pending:
             _cross_validate_crf(model, seed, zoo_dir, progress)
         record_scores(model, seed, zoo_dir)
     return {**info, "seconds": time.perf_counter() - t0}
