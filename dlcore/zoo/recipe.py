@@ -91,8 +91,8 @@ TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seed
 # length LargeFOV's doubling test chose (benchmarks/RESULTS.md: 6,000 -> 12,000 steps adds 5.2 points, 12,000 ->
 # 24,000 adds 2.0), bf16 autocast, 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at,
 # and the CRF cross-validated on 32 held-out scenes over a grid its optimum must lie inside. Both classifiers are
-# pre-trained for 7,200 steps: at 3,600 ResNet-101 was the weaker (label accuracy 0.810 against VGG-16's 0.843), and
-# doubling made it the stronger (0.891), as on ImageNet, which v2's comparison of the two assumes.
+# pre-trained for 7,200 steps for now: not yet their plateau (doubling from 3,600 added 15-17 probe points to
+# each; benchmarks/RESULTS.md), and the longer pre-trainings that decide it are running.
 CONVERGED = Schedule("converged", size=256, n_train=4000, n_test=500, n_heldout=32, n_crf=500, seeds=(0, 1, 2),
                      steps=24000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
                      curve_every=500, n_curve=64,
@@ -176,7 +176,6 @@ def entry_names(schedule: Schedule = FULL) -> list[str]:
 def _split(entry: str) -> tuple[str, int]:
     model, _, seed = entry.rpartition("-s")
     return model, int(seed)
-
 
 
 def build(name: str) -> nn.Module:

@@ -280,9 +280,10 @@ def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     probs = probabilities(model, data)
     masks = data["masks"].numpy()
     out = {"none": image_confusions(labels_of(probs), masks, model.num_classes)}
-    if name in schedule_of(zoo_dir).crf_models:
+    schedule = schedule_of(zoo_dir)
+    if name in schedule.crf_models:
         params = crf_settings(name, zoo_dir)
-        n = schedule_of(zoo_dir).value(MODELS[name], "n_crf")
+        n = schedule.value(MODELS[name], "n_crf")
         out["crf"] = image_confusions(crf_refine(data["images"][:n], probs[:n], params), masks[:n],
                                       model.num_classes)
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
