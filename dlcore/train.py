@@ -236,7 +236,7 @@ def _check_train_args(dataset, steps, batch_size, lr, power, checkpoint_dir, che
         raise ValueError("the training dataset is empty")
 
 
-def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module) -> dict:
+def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module, frozen: frozenset) -> dict:
     state = load_checkpoint(path)
     saved = state.get("schedule") or {}
     recorded = {k: saved.get(k, schedule[k] if k in _RECORDED_LATER else None) for k in SCHEDULE_KEYS}
@@ -258,11 +258,15 @@ def _resume_state(path: Path, schedule: dict, meta: dict, model: nn.Module) -> d
             raise ValueError(f"cannot resume {path}: it was trained on {key}={old.get(key)!r}, this run has "
                              f"{key}={new.get(key)!r}; resume with the run's original data options "
                              "(--size, --n-train, --root, --split), or use another checkpoint dir for a new run")
-    try:
-        model.load_state_dict(state["model"])
+    try:  # a checkpoint may leave out the frozen weights (the model already holds them), nothing else
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
     except RuntimeError as e:
         raise ValueError(f"cannot resume {path}: its weights do not fit this model "
                          f"({' '.join(str(e).split())[:200]})") from None
+    lacking = sorted(set(missing) - frozen)
+    if lacking or unexpected:
+        raise ValueError(f"cannot resume {path}: its weights do not fit this model (missing {lacking[:3]}, "
+                         f"unexpected {unexpected[:3]}); resume with the same model")
     return state
 
 
@@ -270,7 +274,7 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
           weight_decay: float = 5e-4, power: float = 0.9, device="cpu", normalize: str = "imagenet",
           checkpoint_dir=None, checkpoint_every: int = 0, resume: bool = False, seed: int = 0, num_workers: int = 0,
           progress: bool = True, transform=None, meta: dict | None = None, on_step=None, bf16: bool | None = None,
-          loss=segmentation_loss) -> dict:
+          loss=segmentation_loss, frozen=()) -> dict:
     """Train `model` in place on `dataset` (items (uint8 [3,H,W], int64 [H,W])) for `steps` SGD steps.
 
     The recipe is in the module docstring. batch_size is the global batch (split over DDP processes).
@@ -280,7 +284,9 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
     schedule or model is a ValueError). `transform(image, mask)` is applied per item (e.g. train_transform()).
     `on_step(step, loss)` is called after each finished step (step counts from 1). bf16: autocast the forward
     (default: on CUDA only). `loss(outputs, masks)` replaces the segmentation loss (the stand-in pre-training's
-    classifier trains through this loop too). Returns {"step", "steps",
+    classifier trains through this loop too). `frozen`: state keys the checkpoints leave out, weights that never change
+    and that the caller rebuilds before resuming (the zoo's pre-trained stem: a checkpoint of a head stays small
+    enough to commit between sittings). Returns {"step", "steps",
     "loss" (last step's), "losses" (this call's), "lr", "checkpoint", "seconds", "images_per_s", "resumed_from"}.
     """
     device = resolve_device(device)
@@ -300,7 +306,8 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
                           checkpoint_every=int(checkpoint_every), resume=resume, seed=int(seed),
                           num_workers=num_workers, progress=progress and rank == 0, transform=transform, meta=meta,
                           on_step=on_step, rank=rank, world=world,
-                          bf16=device.type == "cuda" if bf16 is None else bool(bf16), loss_fn=loss)
+                          bf16=device.type == "cuda" if bf16 is None else bool(bf16), loss_fn=loss,
+                          frozen=frozenset(frozen))
     finally:
         if created:
             import torch.distributed as dist
@@ -310,7 +317,7 @@ def train(model: nn.Module, dataset, *, steps: int, batch_size: int = 8, lr: flo
 
 def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, power, device, normalize,
            checkpoint_dir, checkpoint_every, resume, seed, num_workers, progress, transform, meta, on_step,
-           rank, world, bf16, loss_fn) -> dict:
+           rank, world, bf16, loss_fn, frozen) -> dict:
     from tqdm.auto import tqdm
 
     model.to(device).train()
@@ -321,7 +328,7 @@ def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, pow
     path = None if checkpoint_dir is None else checkpoint_dir / "last.pt"
     start = 0
     if resume:
-        state = _resume_state(path, schedule, meta, model)
+        state = _resume_state(path, schedule, meta, model, frozen)
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         ranks = state.get("rng") or []
@@ -337,7 +344,8 @@ def _train(model, dataset, *, steps, batch_size, lr, momentum, weight_decay, pow
     def checkpoint(step: int, loss: float | None) -> None:
         rngs = _gather(rng_state(), world)  # every rank's RNG, so each continues its own dropout stream
         if rank == 0:
-            save_checkpoint(path, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+            weights = {k: v for k, v in model.state_dict().items() if k not in frozen}
+            save_checkpoint(path, model=weights, optimizer=optimizer.state_dict(), step=step,
                             schedule=schedule, rng=rngs, meta=meta, loss=loss)
         _barrier(world)
 

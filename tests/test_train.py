@@ -197,6 +197,41 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, workers):
     assert_same_weights(resumed, uninterrupted)
 
 
+def _frozen_first_layer(seed):
+    """A TinyNet whose first conv is the same fixed "pre-trained" layer whatever the seed, and does not learn."""
+    model = fresh_model(seed=seed)
+    torch.manual_seed(42)
+    model.features[0].reset_parameters()
+    model.features[0].requires_grad_(False)
+    return model
+
+
+def test_checkpoints_leave_out_the_frozen_weights_and_resume_exactly(tmp_path):
+    frozen = {"features.0.weight", "features.0.bias"}
+    torch.manual_seed(123)
+    uninterrupted = _frozen_first_layer(0)
+    tiny_train(uninterrupted, frozen=frozen)
+
+    torch.manual_seed(123)
+    model = _frozen_first_layer(0)
+    with pytest.raises(Interrupted):
+        tiny_train(model, tmp_path, on_step=_stop_after(3), frozen=frozen)
+    saved = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert set(saved) == set(model.state_dict()) - frozen  # a head's checkpoint stays small enough to commit
+
+    torch.manual_seed(999)
+    resumed = _frozen_first_layer(7)  # the caller rebuilds the frozen layer; the checkpoint restores the rest
+    tiny_train(resumed, tmp_path, resume=True, frozen=frozen)
+    assert_same_weights(resumed, uninterrupted)
+
+    # a checkpoint lacking a weight that learns cannot be resumed: that would be a silent restart of that weight
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["model"]["classifier.bias"]
+    save_checkpoint(tmp_path / "last.pt", **{k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(ValueError, match="missing.*classifier.bias"):
+        tiny_train(_frozen_first_layer(0), tmp_path, resume=True, frozen=frozen)
+
+
 def test_resume_of_a_finished_run_does_nothing(tmp_path):
     model = fresh_model()
     first = tiny_train(model, tmp_path)

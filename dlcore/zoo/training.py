@@ -102,15 +102,15 @@ def train_model(name: str, seed: int, *, device="cpu", zoo_dir: Path = ZOO_DIR, 
         atomic_write_bytes(sidecar, json.dumps({**progress_so_far, "seconds": round(
             progress_so_far["seconds"] + time.perf_counter() - started, 1)}).encode())
 
+    frozen = frozen_keys(model)  # the pre-trained stem: the checkpoints leave it out, _seeded_model rebuilds it
     try:
         result = train(model, scenes, steps=steps, batch_size=schedule.batch, lr=schedule.lr, device=device,
                        seed=seed, checkpoint_dir=partial, checkpoint_every=schedule.checkpoint_every, resume=resume,
-                       bf16=schedule.bf16, progress=progress, on_step=record,
+                       bf16=schedule.bf16, progress=progress, on_step=record, frozen=frozen,
                        meta={"zoo_entry": entry, "schedule": schedule.name, "started_from": started_from})
     except FolderInUse as e:
         raise _in_use(entry, e.pid, zoo_dir) from None
     model = model.cpu()
-    frozen = frozen_keys(model)
     state = {k: v.detach() for k, v in model.state_dict().items() if k not in frozen}
     stored, storage = _smallest_faithful(model, state, zoo_dir)
     info = {"kind": "model", "model": name, "seed": seed, "schedule": schedule.name, **storage,
