@@ -260,6 +260,21 @@ def test_only_trains_what_is_missing_and_again_retrains(tiny_zoo, tmp_path, monk
     assert main(["zoo", "train", "--again", "--zoo-dir", str(d)]) == 2
 
 
+def test_the_pretraining_is_stored_int8_only_where_its_label_accuracy_stays(monkeypatch):
+    from dlcore.pretrain import CLASSIFIERS
+    from dlcore.zoo.training import _faithful_pretrained
+
+    model = CLASSIFIERS["vgg16"](zoo.WIDTH, 11)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    for measured, storage in ((0.9, "int8 kernels + fp16"), (0.902, "fp16")):  # 0.2 points: not faithful
+        monkeypatch.setattr("dlcore.pretrain.label_accuracy", lambda m, d, value=measured: value)
+        stored, info = _faithful_pretrained(model, 0.9)
+        assert info["storage"] == storage
+        assert any(k.endswith("#q") for k in stored) == (storage != "fp16")
+        assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())  # left as trained
+        assert zoo.unpack(stored).keys() == trained.keys()
+
+
 def test_a_partial_run_begun_on_an_older_pretraining_starts_again(tiny_zoo, tmp_path, monkeypatch, capsys):
     """A checkpoint in zoo/partial/ records what its run started from; when the pre-training has changed since, its
     steps were taken on another frozen stem, so `zoo train` starts the entry again instead of resuming it."""

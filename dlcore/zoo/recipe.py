@@ -153,7 +153,6 @@ MODELS = {
     "deeplab-v2-resnet101-largefov": Spec("deeplab-v2-resnet101-largefov", {"output_stride": 8}),
     "deeplab-v2-resnet101-largefov-msc": Spec("deeplab-v2-resnet101-largefov-msc", {"output_stride": 8}),
     "deeplab-v2-resnet101-aspp-l": Spec("deeplab-v2-resnet101-aspp-l", {"output_stride": 8}),
-    "deeplab-v2-resnet101-aspp-l-os16": Spec("deeplab-v2-resnet101-aspp-l", {"output_stride": 16}),
 }
 
 
