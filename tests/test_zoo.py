@@ -504,3 +504,22 @@ def test_the_converged_zoo_in_training_is_consistent():
         [p for d in (zoo.ZOO_DIR, nxt) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")]
     tracked = sum(p.stat().st_size for p in files if p.is_file())  # what the repository carries
     assert tracked <= 42e6, f"the zoos hold {tracked / 1e6:.1f} MB; retire shipped entries the converged zoo replaces"
+
+
+def test_class_table_names_the_classes_at_zero_and_those_too_easy_to_order():
+    def results(diagonals):  # one model: per seed, one image's confusion with these per-class hits of 100 pixels
+        out = {}
+        for s, hits in enumerate(diagonals):
+            cm = np.diag(np.asarray(hits, dtype=np.int64))
+            cm[:, 0] += 100 - cm.sum(1)  # the misses go to class 0
+            out[s] = {"none": cm[None]}
+        return out
+
+    names = ["bg", "car", "star"]
+    a = results([[100, 97, 0], [100, 99, 0]])  # star never found; car nearly always
+    b = results([[100, 98, 50], [100, 96, 60]])
+    iou = zoo.class_iou(a)
+    assert iou.shape == (2, 3) and iou[0, 2] == 0 and 96 < iou[0, 1] < 98
+    table, zero, easy = zoo.class_table({"A": a, "B": b}, names)
+    assert zero == [("A", "star")] and easy == ["car"]
+    assert table.splitlines()[1].startswith("A ") and len(table.splitlines()) == 3

@@ -115,6 +115,25 @@ def miou(confusions: np.ndarray) -> float:
     return 100 * float(scores_from_confusion(confusions.sum(0))["miou"])
 
 
+def class_iou(results: dict, key: str = "none") -> np.ndarray:
+    """Per-class IoU in percent, [seeds, C], of one model's `evaluate` results (`key`: "none" or "crf")."""
+    from dlcore.metrics import scores_from_confusion
+
+    return np.stack([100 * scores_from_confusion(results[s][key].sum(0))["iou"] for s in results])
+
+
+def class_table(results: dict, class_names, key: str = "none") -> tuple[str, list, list]:
+    """Per-class IoU (mean over seeds) of each model in {label: evaluate(...)}, one row per model; and what the data
+    must pass to order models at all: the (model, class) pairs at 0.0 IoU, and the classes above 95 in every model."""
+    ious = {label: class_iou(r, key).mean(0) for label, r in results.items()}
+    width = max(len(label) for label in ious) + 2
+    rows = [" " * width + "".join(f"{n[:6]:>7}" for n in class_names)]
+    rows += [f"{label:<{width}}" + "".join(f"{v:7.1f}" for v in iou) for label, iou in ious.items()]
+    zero = [(label, class_names[c]) for label, iou in ious.items() for c in np.flatnonzero(np.round(iou, 1) == 0)]
+    easy = [class_names[c] for c in np.flatnonzero((np.stack(list(ious.values())) > 95).all(0))]
+    return "\n".join(rows), zero, easy
+
+
 def over_seeds(values) -> tuple[float, float]:
     """(mean, sample sd) over seeds; the sd of a single seed is nan (unknown, not zero)."""
     v = np.asarray(values, dtype=float)
