@@ -319,13 +319,17 @@ def test_a_model_trained_from_an_older_pretraining_is_stale_and_retrained(tiny_z
         zoo.load("fcn16s", 0, d)
     assert zoo.train_all(["fcn16s-s0"], zoo_dir=d, progress=False, log=lambda m: None) == ["fcn16s-s0"]
     assert _state("fcn16s-s0", d) == "ok"
-    # a pre-training of other steps than the schedule's is stale itself, and `zoo train` redoes it
+    # a pre-training of other steps (or another rate) than the schedule's is stale itself, and `zoo train` redoes it
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["entries"]["pretrain-vgg16"]["recipe"]["steps"] += 1
     (d / "manifest.json").write_text(json.dumps(manifest))
     assert _state("pretrain-vgg16", d) == "stale (not the schedule's pre-training)"
-    with pytest.raises(zoo.ZooError, match=r"pretrain-vgg16.pt was pre-trained for other steps than the zoo's schedule"):
+    with pytest.raises(zoo.ZooError, match=r"pretrain-vgg16.pt was pre-trained on another recipe than the zoo's schedule"):
         zoo.load_entry("pretrain-vgg16", d)
+    manifest["entries"]["pretrain-vgg16"]["recipe"]["steps"] -= 1
+    manifest["entries"]["pretrain-vgg16"]["recipe"]["lr"] *= 5
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert _state("pretrain-vgg16", d) == "stale (not the schedule's pre-training)"
 
 
 def test_a_second_zoo_train_on_the_same_entry_is_refused_by_name(tiny_zoo, tmp_path):
@@ -495,7 +499,8 @@ def test_the_converged_zoo_in_training_is_consistent():
             assert {k: info["recipe"][k] for k in want} == want, f"zoo-next/{entry} was trained on another recipe"
             assert "started_from" in info, f"zoo-next/{entry} does not record what it started from"
         else:
-            assert info["recipe"]["steps"] == schedule.pretrain_steps, f"zoo-next/{entry}: another pre-training"
+            assert info["recipe"] == zoo.recipe.pretrain_recipe(info["arch"], schedule), \
+                f"zoo-next/{entry}: another pre-training"
     for folder in (nxt / "partial").glob("*"):
         part = zoo.partial_step(folder.name, nxt)  # None: stopped before its first checkpoint
         assert part is None or 0 < part[0] < part[1], f"zoo-next/partial/{folder.name}: step {part}"

@@ -61,6 +61,7 @@ class Schedule:
     curve_every: int = 0  # record a learning curve every this many steps (0: none) ...
     n_curve: int = 0  # ... on this many held-out scenes
     crf_models: tuple = CRF_MODELS  # the models whose CRF is cross-validated and recorded
+    pretrain_lr: tuple = (("vgg16", 0.02), ("resnet101", 0.02))  # ((arch, lr), ...): each classifier's own rate
 
     @property
     def heldout_offset(self) -> int:
@@ -91,30 +92,31 @@ TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seed
 # length LargeFOV's doubling test chose (benchmarks/RESULTS.md: 6,000 -> 12,000 steps adds 5.2 points, 12,000 ->
 # 24,000 adds 2.0), bf16 autocast, 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at,
 # and the CRF cross-validated on 32 held-out scenes over a grid its optimum must lie inside. Both classifiers are
-# pre-trained for 7,200 steps for now: not yet their plateau (doubling from 3,600 added 15-17 probe points to
-# each; benchmarks/RESULTS.md), and the longer pre-trainings that decide it are running.
+# pre-trained for 7,200 steps, each at the better of two rates by the linear probe on the selection scenes (VGG-16
+# 0.1, ResNet-101 0.02): not their plateau (VGG-16's last doubling added 5 probe points; benchmarks/RESULTS.md).
 CONVERGED = Schedule("converged", size=256, n_train=4000, n_test=500, n_heldout=32, n_crf=500, seeds=(0, 1, 2),
                      steps=24000, batch=8, lr=0.1, bf16=True, test_draw=100, n_check=32, crf_expand=True,
                      curve_every=500, n_curve=64,
                      crf_grid=(("w1", (3.0, 4.0, 5.0, 6.0)), ("sigma_alpha", (10.0, 20.0, 40.0, 80.0, 160.0)),
                                ("sigma_beta", (2.0, 4.0, 8.0))),
                      pretrain_steps=7200, pretrain_images=8192, pretrain_batch=16,
+                     pretrain_lr=(("vgg16", 0.1), ("resnet101", 0.02)),
                      models=("fcn32s", "fcn16s", "fcn8s", "deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8",
                              "deeplab-v1-largefov", "deeplab-v1-largefov-msc", "deeplab-v2-vgg-aspp-s",
                              "deeplab-v2-vgg-aspp-l", "deeplab-v2-resnet101-largefov",
                              "deeplab-v2-resnet101-largefov-msc", "deeplab-v2-resnet101-aspp-l"))
 SCHEDULES = {s.name: s for s in (FULL, TINY, CONVERGED)}
 
-PRETRAIN = {  # arch -> dlcore.pretrain.pretrain's arguments besides the schedule's steps, images and batch
-    "vgg16": dict(width=WIDTH, lr=0.02, seed=0),
-    "resnet101": dict(width=WIDTH, lr=0.02, seed=0),
+PRETRAIN = {  # arch -> dlcore.pretrain.pretrain's arguments besides the schedule's steps, images, batch and rate
+    "vgg16": dict(width=WIDTH, seed=0),
+    "resnet101": dict(width=WIDTH, seed=0),
 }
 
 
 def pretrain_recipe(arch: str, schedule: Schedule) -> dict:
     """`dlcore.pretrain.pretrain`'s arguments for `arch` on `schedule` (the stand-in for ImageNet)."""
-    return dict(PRETRAIN[arch], steps=schedule.pretrain_steps, batch_size=schedule.pretrain_batch,
-                n_images=schedule.pretrain_images)
+    return dict(PRETRAIN[arch], lr=dict(schedule.pretrain_lr)[arch], steps=schedule.pretrain_steps,
+                batch_size=schedule.pretrain_batch, n_images=schedule.pretrain_images)
 
 
 @dataclass(frozen=True)

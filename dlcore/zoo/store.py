@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from dlcore.io import atomic_write
-from dlcore.zoo.recipe import FORMAT, FULL, SCHEDULES, ZOO_DIR, Schedule, ZooError, _split, rebuild_command
+from dlcore.zoo.recipe import (FORMAT, FULL, SCHEDULES, ZOO_DIR, Schedule, ZooError, _split, pretrain_recipe,
+                               rebuild_command)
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -183,7 +184,8 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
                        f"not {name!r}; {fix}")
     stale = stale_starts(name, zoo_dir)
     if stale == [name]:
-        raise ZooError(f"zoo file {path} was pre-trained for other steps than the zoo's schedule asks; {fix}")
+        raise ZooError(f"zoo file {path} was pre-trained on another recipe than the zoo's schedule asks "
+                       f"(steps, rate); {fix}")
     if stale:
         raise ZooError(f"zoo file {path} was trained from another {' and '.join(stale)} than the zoo holds now (its "
                        f"frozen layers would not be the ones it learnt on); {fix}")
@@ -193,10 +195,10 @@ def _load_entry_checked(name: str, zoo_dir: Path, key: tuple) -> dict:
 def stale_starts(name: str, zoo_dir: Path) -> list[str]:
     """The entries that `name` started from (the pre-trained classifier, FCN's previous stage) whose file has changed
     since `name` was trained: its record's `started_from` sha256s against the manifest's now. A pre-trained
-    classifier trained for other steps than the zoo's schedule asks is stale itself ([name])."""
+    classifier trained on another recipe than the zoo's schedule asks (steps, rate, ...) is stale itself ([name])."""
     manifest = read_manifest(zoo_dir)
     entries, info = manifest["entries"], manifest["entries"].get(name) or {}
-    if info.get("kind") == "pretrain" and info.get("recipe", {}).get("steps") != schedule_of(zoo_dir).pretrain_steps:
+    if info.get("kind") == "pretrain" and info.get("recipe") != pretrain_recipe(info["arch"], schedule_of(zoo_dir)):
         return [name]
     started = info.get("started_from", {})
     return [start for start, sha in started.items() if (entries.get(start) or {}).get("sha256") != sha]
