@@ -1,6 +1,7 @@
 """The teaching zoo: the memoised stem gives the network's own output, the files are checked, training resumes to
 the step, and a zoo carries its schedule."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -467,6 +468,28 @@ def test_the_crf_search_widens_its_grid_until_the_optimum_lies_inside(tiny_zoo, 
     found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
     assert sorted({float(k.split("/")[1]) for k in found["grid"]}) == [10.0, 20.0, 40.0, 80.0, 160.0]
     assert found["params"]["sigma_alpha"] == 160.0 and found["interior"] is False
+
+
+def test_the_crf_search_doubles_w1_past_the_edge_and_stops_when_the_optimum_is_inside(tiny_zoo, monkeypatch):
+    """w1 widens by a factor 2 like the sigmas: a score that peaks at w1 = 8 grows the grid (2, 4) to 8 and 16,
+    and the search stops there with the optimum inside."""
+    last = {}
+
+    def refine(images, probs, params):
+        last.update(params)
+        return probs.argmax(1).numpy()
+
+    def confusions(labels, masks, c):  # mean IoU peaks at w1 = 8
+        return (np.eye(c) * (100 - abs(last["w1"] - 8)) + 1).astype(np.int64)[None]
+
+    grid = (("w1", (2.0, 4.0)), ("sigma_alpha", (10.0,)), ("sigma_beta", (5.0,)))
+    schedule = dataclasses.replace(zoo.schedule_of(tiny_zoo), crf_grid=grid)
+    monkeypatch.setattr(zoo.training, "schedule_of", lambda zoo_dir: schedule)
+    monkeypatch.setattr(zoo.training, "crf_refine", refine)
+    monkeypatch.setattr(zoo.training, "image_confusions", confusions)
+    found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
+    assert sorted({float(k.split("/")[0]) for k in found["grid"]}) == [2.0, 4.0, 8.0, 16.0]
+    assert found["params"]["w1"] == 8.0 and found["interior"] is True
 
 
 def test_converged_schedule_tests_on_a_draw_no_choice_reads():

@@ -230,8 +230,8 @@ def crf_refine(images: torch.Tensor, probs: torch.Tensor, params: dict) -> np.nd
 
 def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
     """Cross-validate w1, sigma_alpha, sigma_beta on the held-out scenes for seed 0's model (v1 Sec. 5). With the
-    schedule's `crf_expand`, an optimum on the grid's edge widens the grid past that edge (w1 by one step, the
-    sigmas by a factor 2) until the optimum lies inside, at most `CRF_EXPANSIONS` times ("interior" says if it did)."""
+    schedule's `crf_expand`, an optimum on the grid's edge widens the grid past that edge by a factor 2 until the
+    optimum lies inside, at most `CRF_EXPANSIONS` times ("interior" says if it did)."""
     from tqdm.auto import tqdm
 
     from dlcore.metrics import scores_from_confusion
@@ -253,11 +253,10 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
         edges = {k: v for k, v in best.items() if len(axes[k]) > 1 and v in (axes[k][0], axes[k][-1])}
         if not (schedule.crf_expand and edges):
             break
+        # A factor 2 on every axis: widening w1 by 1 left ResNet-101's optimum on the edge after three rounds
+        # (w1 8 -> 9 added 0.03 points); a doubling passes such a flat optimum in a round or two.
         for k, v in edges.items():
-            step = (lambda x, up: x + (1.0 if up else -1.0)) if k == "w1" else (lambda x, up: x * (2.0 if up else 0.5))
-            new = step(v, v == axes[k][-1])
-            if new > 0:
-                axes[k] = sorted(set(axes[k]) | {new})
+            axes[k] = sorted(set(axes[k]) | {v * 2.0 if v == axes[k][-1] else v / 2.0})
     none = image_confusions(labels_of(probs), masks, model.num_classes).sum(0)
     return {"params": best, "grid": grid, "heldout_scenes": n_heldout, "interior": not edges,
             "heldout_miou_without": round(float(scores_from_confusion(none)["miou"]), 5)}
