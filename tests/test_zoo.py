@@ -234,7 +234,8 @@ def test_training_stopped_at_any_step_resumes_to_the_same_weights(tiny_zoo, tmp_
     stopped = _copy(tiny_zoo, tmp_path / "stopped")
     (stopped / f"{entry}.pt").unlink()  # missing: `zoo list` reads its state from the checkpoint
     _killed_before_step_3(name, stopped, monkeypatch)
-    assert _state(entry, stopped) == "partial (2/4 steps)" and zoo.partial_step(entry, stopped) == (2, 4)
+    assert _state(entry, stopped).startswith("partial (2/4 steps); held-out mean IoU ")
+    assert _state(entry, stopped).endswith(" at step 2") and zoo.partial_step(entry, stopped) == (2, 4)
     zoo.train_model(name, 0, zoo_dir=stopped, progress=False)
     assert not (stopped / "partial" / entry).exists()
     a, b = zoo.load_entry(entry, whole), zoo.load_entry(entry, stopped)
@@ -319,7 +320,7 @@ def test_a_model_trained_from_an_older_pretraining_is_stale_and_retrained(tiny_z
     with pytest.raises(zoo.ZooError, match=r"fcn16s-s0.pt was trained from another fcn32s-s0 .*zoo train --only fcn16s-s0"):
         zoo.load("fcn16s", 0, d)
     assert zoo.train_all(["fcn16s-s0"], zoo_dir=d, progress=False, log=lambda m: None) == ["fcn16s-s0"]
-    assert _state("fcn16s-s0", d) == "ok"
+    assert _state("fcn16s-s0", d).startswith("ok; held-out mean IoU ")
     # a pre-training of other steps (or another rate) than the schedule's is stale itself, and `zoo train` redoes it
     manifest = json.loads((d / "manifest.json").read_text())
     manifest["entries"]["pretrain-vgg16"]["recipe"]["steps"] += 1
@@ -490,6 +491,24 @@ def test_the_crf_search_doubles_w1_past_the_edge_and_stops_when_the_optimum_is_i
     found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
     assert sorted({float(k.split("/")[0]) for k in found["grid"]}) == [2.0, 4.0, 8.0, 16.0]
     assert found["params"]["w1"] == 8.0 and found["interior"] is True
+
+
+def test_the_plateau_rule_reads_the_last_quarter_of_the_learning_curve(tiny_zoo):
+    """A curve that climbs to the end fails the rule; one that flattens passes, whatever its noise before; `zoo list`
+    says which, beside where the curve ended."""
+    from dlcore.cli.zoo import _state
+
+    steps = range(500, 24001, 500)
+    rising = [[t, 40 + t / 1000] for t in steps]  # +6 points over the last 6,000 steps
+    flat = [[t, min(80.0, 40 + t / 250) + (1.5 if t // 500 % 2 else -1.5)] for t in steps]  # noisy, then flat at 80
+    flat[-1][1] = 80.3
+    assert zoo.last_quarter_gain(rising) == pytest.approx(6.0)
+    assert abs(zoo.last_quarter_gain(flat)) < zoo.PLATEAU_GAIN
+    entry = "deeplab-v1-largefov-s0"
+    curve = zoo.read_manifest(tiny_zoo)["entries"][entry]["curve"]  # the tiny schedule records one at every step
+    gain = zoo.last_quarter_gain(curve)
+    assert _state(entry, tiny_zoo) == (f"ok; held-out mean IoU {curve[-1][1]:.1f}, last quarter {gain:+.1f} "
+                                       f"({'plateau' if gain < 1 else 'still rising'})")
 
 
 def test_converged_schedule_tests_on_a_draw_no_choice_reads():

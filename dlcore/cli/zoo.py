@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dlcore.zoo.recipe import SCHEDULES, ZOO_DIR, entry_names
@@ -29,15 +30,33 @@ def _state(entry: str, zoo_dir: Path) -> str:
     from dlcore.zoo.store import _complete, _ok, partial_step, read_manifest, stale_starts
 
     if _complete(entry, zoo_dir):
-        return "ok"
+        return "ok" + _curve_note(read_manifest(zoo_dir)["entries"][entry].get("curve"), done=True)
     part = partial_step(entry, zoo_dir)
     if part is not None:
-        return "partial (damaged checkpoint)" if part[0] < 0 else f"partial ({part[0]}/{part[1]} steps)"
+        if part[0] < 0:
+            return "partial (damaged checkpoint)"
+        progress = Path(zoo_dir) / "partial" / entry / "progress.json"
+        curve = json.loads(progress.read_text()).get("curve") if progress.is_file() else None
+        return f"partial ({part[0]}/{part[1]} steps)" + _curve_note(curve, done=False)
     stale = stale_starts(entry, zoo_dir) if entry in read_manifest(zoo_dir)["entries"] else []
     if stale:
         return "stale (not the schedule's pre-training)" if stale == [entry] else \
             f"stale (trained from an older {' and '.join(stale)})"
     return "trained, scores missing" if _ok(entry, zoo_dir) else "missing or altered"
+
+
+def _curve_note(curve, done: bool) -> str:
+    """The learning curve's word on the entry (held-out mean IoU, no CRF): where it ended and whether its last
+    quarter added less than `PLATEAU_GAIN` (the schedule reached the plateau), or where a partial run stands."""
+    from dlcore.zoo.evidence import PLATEAU_GAIN, last_quarter_gain
+
+    if not curve:
+        return ""
+    if not done:
+        return f"; held-out mean IoU {curve[-1][1]:.1f} at step {curve[-1][0]}"
+    gain = last_quarter_gain(curve)
+    verdict = "plateau" if gain < PLATEAU_GAIN else "still rising"
+    return f"; held-out mean IoU {curve[-1][1]:.1f}, last quarter {gain:+.1f} ({verdict})"
 
 
 def run_zoo(args) -> int:

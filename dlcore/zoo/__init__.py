@@ -34,8 +34,8 @@ checks the sha256 before reading a file and names the rebuild command when a fil
 """
 
 from dlcore.zoo import recipe
-from dlcore.zoo.evidence import (class_iou, class_table, evaluate, fmt, for_notebook, miou, over_seeds, predictions,
-                                 present, seeds_of)
+from dlcore.zoo.evidence import (PLATEAU_GAIN, class_iou, class_table, evaluate, fmt, for_notebook, last_quarter_gain,
+                                 miou, over_seeds, predictions, present, seeds_of)
 from dlcore.zoo.memo import StemMemo
 from dlcore.zoo.recipe import (CRF_ITERATIONS, CRF_MODELS, FULL, MODELS, PRETRAIN, SCHEDULES, TINY, WIDTH, ZOO_DIR, Schedule, Spec,
                                ZooError, build, entry_names, rebuild_command)
@@ -48,9 +48,9 @@ from dlcore.zoo.trunk import (branch_labels, frozen_keys, heldout_scenes, labels
 
 __all__ = [
     "CRF_ITERATIONS", "CRF_MODELS", "FULL", "MODELS", "PRETRAIN", "SCHEDULES", "Schedule", "Spec", "StemMemo", "TINY", "WIDTH", "ZOO_DIR",
-    "ZooError", "branch_labels", "build", "claim_schedule", "class_iou", "class_table", "crf_refine",
+    "PLATEAU_GAIN", "ZooError", "branch_labels", "build", "claim_schedule", "class_iou", "class_table", "crf_refine",
     "crf_search", "crf_settings", "entry_names", "evaluate", "fmt", "for_notebook", "frozen_keys", "heldout_scenes",
-    "image_confusions", "labels_of", "load", "load_entry", "logits", "miou", "over_seeds", "pack", "partial_step",
+    "image_confusions", "labels_of", "last_quarter_gain", "load", "load_entry", "logits", "miou", "over_seeds", "pack", "partial_step",
     "predictions", "present", "probabilities", "read_manifest", "rebuild_command", "record_scores", "recorded",
     "scenes", "schedule_of", "seeds_of", "start_from_pretrained", "test_scenes", "train_all", "train_model",
     "train_pretrained", "unpack",

@@ -134,6 +134,22 @@ def class_table(results: dict, class_names, key: str = "none") -> tuple[str, lis
     return "\n".join(rows), zero, easy
 
 
+PLATEAU_GAIN = 1.0  # points: a schedule is long enough when its learning curve's last quarter adds less (issue 21)
+
+
+def last_quarter_gain(curve) -> float:
+    """Points of held-out mean IoU that the last quarter of a learning curve ([[step, miou], ...], as `zoo train`
+    records it) added: the last point minus the mean of the points within 1/16 of the steps of the 3/4 mark. From
+    one point to the next a curve on 64 scenes moves by about 2 points while the rate is high; the mean steadies
+    the start, and at the end the rate has annealed to 0."""
+    steps = np.array([p[0] for p in curve], dtype=float)
+    values = np.array([p[1] for p in curve], dtype=float)
+    mark = 0.75 * steps[-1]
+    near = np.abs(steps - mark) <= steps[-1] / 16
+    start = values[near].mean() if near.any() else values[np.abs(steps - mark).argmin()]
+    return float(values[-1] - start)
+
+
 def over_seeds(values) -> tuple[float, float]:
     """(mean, sample sd) over seeds; the sd of a single seed is nan (unknown, not zero)."""
     v = np.asarray(values, dtype=float)
