@@ -514,6 +514,20 @@ def test_the_plateau_rule_reads_the_last_quarter_of_the_learning_curve(tiny_zoo)
                                        f"({'plateau' if gain < 1 else 'still rising'})")
 
 
+def test_a_notebook_retrains_on_the_schedule_of_the_zoo_it_reads(tiny_zoo, tmp_path, monkeypatch):
+    """RETRAIN = True trains a notebook's models on its zoo's own schedule (zoo-next's is the converged one); a retrain
+    folder that holds another schedule's entries is refused before anything trains, not mixed."""
+    calls = []
+    monkeypatch.setattr(zoo.evidence, "train_all", lambda models, **kw: calls.append((models, kw["zoo_dir"])))
+    out = zoo.for_notebook(["deeplab-v1-largefov"], smoke=False, retrain=True, zoo_dir=tiny_zoo,
+                           retrain_dir=tmp_path / "r")
+    assert out == tmp_path / "r" and zoo.schedule_of(out).name == "tiny"
+    assert calls == [(["deeplab-v1-largefov"], out)]
+    with pytest.raises(zoo.ZooError, match="holds a zoo trained on the 'tiny' schedule"):
+        zoo.for_notebook(["fcn32s"], smoke=False, retrain=True, zoo_dir=zoo.ZOO_DIR, retrain_dir=tiny_zoo)
+    assert len(calls) == 1
+
+
 def test_converged_schedule_tests_on_a_draw_no_choice_reads():
     """The converged zoo's test scenes are another draw than its held-out (selection) scenes; the shipped zoo's
     held-out scenes follow its test scenes in one draw."""

@@ -175,8 +175,8 @@ def predictions(name: str, seed: int = 0, n: int = 4, *, crf: bool = False, zoo_
 
 
 def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) -> Path:
-    """The zoo a notebook reads: the shipped one; with retrain, `models` trained anew from the recipe into
-    `retrain_dir`; in smoke mode, the same path on the tiny schedule in a fresh temporary folder (every code
+    """The zoo a notebook reads: `zoo_dir`; with retrain, `models` trained anew from the recipe into `retrain_dir`,
+    on `zoo_dir`'s schedule (a folder holding another schedule's entries is refused); in smoke mode, the same path on the tiny schedule in a fresh temporary folder (every code
     path of the zoo runs, in seconds; the numbers mean nothing). Relative folders are the notebook's
     (`dlcore.viz.notebook_path`), wherever papermill was started."""
     from dlcore.viz import notebook_path
@@ -192,5 +192,7 @@ def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) ->
         claim_schedule(Path(retrain_dir), TINY)
     if not retrain:
         return Path(zoo_dir)
+    if not smoke:  # retrained on the read zoo's own schedule (the converged one for zoo-next), never a mix
+        claim_schedule(Path(retrain_dir), schedule_of(zoo_dir))
     train_all(list(models), force=True, zoo_dir=Path(retrain_dir), progress=not smoke, log=lambda *_: None)
     return Path(retrain_dir)
