@@ -528,6 +528,29 @@ def test_a_notebook_retrains_on_the_schedule_of_the_zoo_it_reads(tiny_zoo, tmp_p
     assert len(calls) == 1
 
 
+def test_a_second_zoo_train_waits_for_the_crf_search_of_the_first(tiny_zoo, tmp_path, monkeypatch):
+    """Two `zoo train` processes finishing seeds of one model search the CRF once: the second waits on the first's
+    lock and takes what it recorded. A search with no other search under way (seed 0 trained again) runs."""
+    import fcntl
+    import threading
+
+    d = _copy(tiny_zoo, tmp_path / "z")
+    name = "deeplab-v1-largefov"
+    searched = []
+    monkeypatch.setattr(zoo.training, "crf_search", lambda *a: searched.append(a) or {"params": {}})
+    with open(d / f".crf-{name}.lock", "w") as held:  # the first process, searching
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=zoo.training._cross_validate_crf, args=(name, 1, d, False))
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting, not searching
+        zoo.store._update_manifest(d, lambda m: m["crf"].__setitem__(name, {"params": {"w1": 9.0}}))
+    second.join(10)
+    assert not second.is_alive() and searched == []
+    zoo.training._cross_validate_crf(name, 0, d, False)  # nobody else searching: it searches
+    assert len(searched) == 1
+
+
 def test_converged_schedule_tests_on_a_draw_no_choice_reads():
     """The converged zoo's test scenes are another draw than its held-out (selection) scenes; the shipped zoo's
     held-out scenes follow its test scenes in one draw."""

@@ -284,8 +284,17 @@ def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) ->
         raise ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
                               f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0', zoo_dir)}`, "
                               f"then `python -m dlcore zoo train`, which keeps these weights and records the scores")
-    found = crf_search(model, zoo_dir, progress)
-    _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))
+    import fcntl
+
+    # Two `zoo train` processes that finish seeds of one model (say seeds 0 and 1 side by side) would both search:
+    # the second waits for the first's search and uses what it recorded.
+    before = read_manifest(zoo_dir)["crf"].get(model)
+    with open(Path(zoo_dir) / f".crf-{model}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if read_manifest(zoo_dir)["crf"].get(model) != before:  # searched by another process while we waited
+            return
+        found = crf_search(model, zoo_dir, progress)
+        _update_manifest(zoo_dir, lambda manifest: manifest["crf"].__setitem__(model, found))
 
 
 def record_scores(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
