@@ -82,6 +82,18 @@ def test_batch_lattice_keeps_images_apart():
         torch.testing.assert_close(batched[i], single, atol=1e-5, rtol=0)
 
 
+def test_a_sweep_over_w1_is_each_w1_on_its_own():
+    """`sweep_w1` builds the lattices once and gives, for every w1, exactly what a CRF with that w1 gives (the CRF
+    search's inner loop); a w1 out of range is refused as the constructor refuses it."""
+    images = torch.from_numpy(photo(40, 56)).permute(2, 0, 1)[None]
+    probs = torch.from_numpy(smooth_random_probs(40, 56, 5))[None]
+    swept = DenseCRF(5, w1=3.0, sigma_alpha=20.0, sigma_beta=6.0).sweep_w1(images, probs, [0.0, 3.0, 12.0])
+    for w1, q in zip([0.0, 3.0, 12.0], swept):
+        assert torch.equal(q, DenseCRF(5, w1=w1, sigma_alpha=20.0, sigma_beta=6.0)(images, probs))
+    with pytest.raises(ValueError, match="w1"):
+        DenseCRF(5).sweep_w1(images, probs, [3.0, float("nan")])
+
+
 # ---- API ------------------------------------------------------------------------------------------------------
 
 

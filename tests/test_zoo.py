@@ -458,16 +458,13 @@ def test_a_notebook_refuses_a_zoo_that_lacks_a_model_naming_its_step_and_command
 def test_the_crf_search_widens_its_grid_until_the_optimum_lies_inside(tiny_zoo, monkeypatch):
     """An optimum on the grid's edge makes the search try past that edge: here a larger sigma_alpha always scores
     higher, so the tiny grid (10, 20) grows to 40, 80, 160 and stops there (CRF_EXPANSIONS), saying so."""
-    last = {}
+    def refine(images, probs, params, w1s):  # labels that carry the setting they were made with
+        return [np.full(1, params["sigma_alpha"]) for _ in w1s]
 
-    def refine(images, probs, params):
-        last.update(params)
-        return probs.argmax(1).numpy()
+    def confusions(labels, masks, c):  # mean IoU rises with sigma_alpha
+        return (np.eye(c) * np.ravel(labels)[0] * 10 + 1).astype(np.int64)[None]
 
-    def confusions(labels, masks, c):  # mean IoU rises with the sigma_alpha just used
-        return (np.eye(c) * last["sigma_alpha"] * 10 + 1).astype(np.int64)[None]
-
-    monkeypatch.setattr(zoo.training, "crf_refine", refine)
+    monkeypatch.setattr(zoo.training, "crf_refine_w1s", refine)
     monkeypatch.setattr(zoo.training, "image_confusions", confusions)
     found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
     assert sorted({float(k.split("/")[1]) for k in found["grid"]}) == [10.0, 20.0, 40.0, 80.0, 160.0]
@@ -477,19 +474,16 @@ def test_the_crf_search_widens_its_grid_until_the_optimum_lies_inside(tiny_zoo, 
 def test_the_crf_search_doubles_w1_past_the_edge_and_stops_when_the_optimum_is_inside(tiny_zoo, monkeypatch):
     """w1 widens by a factor 2 like the sigmas: a score that peaks at w1 = 8 grows the grid (2, 4) to 8 and 16,
     and the search stops there with the optimum inside."""
-    last = {}
-
-    def refine(images, probs, params):
-        last.update(params)
-        return probs.argmax(1).numpy()
+    def refine(images, probs, params, w1s):  # labels that carry the w1 they were made with
+        return [np.full(1, w) for w in w1s]
 
     def confusions(labels, masks, c):  # mean IoU peaks at w1 = 8
-        return (np.eye(c) * (100 - abs(last["w1"] - 8)) + 1).astype(np.int64)[None]
+        return (np.eye(c) * (100 - abs(np.ravel(labels)[0] - 8)) + 1).astype(np.int64)[None]
 
     grid = (("w1", (2.0, 4.0)), ("sigma_alpha", (10.0,)), ("sigma_beta", (5.0,)))
     schedule = dataclasses.replace(zoo.schedule_of(tiny_zoo), crf_grid=grid)
     monkeypatch.setattr(zoo.training, "schedule_of", lambda zoo_dir: schedule)
-    monkeypatch.setattr(zoo.training, "crf_refine", refine)
+    monkeypatch.setattr(zoo.training, "crf_refine_w1s", refine)
     monkeypatch.setattr(zoo.training, "image_confusions", confusions)
     found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
     assert sorted({float(k.split("/")[0]) for k in found["grid"]}) == [2.0, 4.0, 8.0, 16.0]

@@ -200,14 +200,24 @@ class DenseCRF(nn.Module):
                 return _InferenceOnly.apply(probs, lambda p: self._refine(images, p, trace))  # Q, whose backward explains
             return self._refine(images, probs, trace)
 
+    def sweep_w1(self, images: torch.Tensor, probs: torch.Tensor, w1s) -> list[torch.Tensor]:
+        """`forward` once for each w1 of `w1s` in place of this CRF's: the lattices depend on the kernel widths
+        alone, so they are built once (the cross-validation tries several w1 for each pair of widths)."""
+        for w1 in w1s:
+            _check_params(self.iterations, w1, self.sigma_alpha, self.sigma_beta, self.w2, self.sigma_gamma,
+                          self.normalization, self.max_memory_bytes)
+        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if torch.is_tensor(probs) and probs.ndim == 4 else 0
+        with cpu_threads(pixels, probs.device if torch.is_tensor(probs) else torch.device("cpu")):
+            return self._refine(images, probs, None, [float(w) for w in w1s])
+
     @torch.no_grad()
-    def _refine(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None) -> torch.Tensor:
+    def _refine(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None, w1s: list | None = None):
         if probs.ndim == 4 and self.iterations:  # from the shapes alone, before the value checks' temporaries
             check_lattice_fits(probs.shape[0] * probs.shape[2] * probs.shape[3], 5, probs.shape[1], probs.device,
                                self.max_memory_bytes)
         _check_batch(images, probs)
         if self.iterations == 0:
-            return probs
+            return probs if w1s is None else [probs for _ in w1s]
         images = images.to(probs.device)
         b, num_labels, h, w = probs.shape
         appearance, _, group = crf_features(images, self.sigma_alpha, self.sigma_beta, self.sigma_gamma)
@@ -215,21 +225,24 @@ class DenseCRF(nn.Module):
         position = _position_lattice(h, w, self.sigma_gamma, probs.device, self.max_memory_bytes)
         lattices = [PermutohedralLattice(appearance, group, self.max_memory_bytes),
                     position if b == 1 else position.repeat(b)]
-        pairwise = pairwise_filter(lattices, [self.w1, self.w2], self.normalization)
         q = probs.float().permute(0, 2, 3, 1).reshape(-1, num_labels)
         unary = -torch.log(q.clamp_min(PROB_FLOOR))
-        steps = None if trace is None else []
-        q = _fast_mean_field(unary, pairwise, self.iterations) if trace is None else None
-        if q is None:
-            q = mean_field(unary, pairwise, self.iterations, steps)
         to_batch = lambda x: x.view(b, h, w, num_labels).permute(0, 3, 1, 2).contiguous().to(probs.dtype)  # noqa: E731
-        if not torch.isfinite(q).all():  # never hand back NaN as if it were a refined distribution
-            raise FloatingPointError(f"the CRF produced NaN / Inf (w1={self.w1:g}, sigma_alpha={self.sigma_alpha:g}, "
-                                     f"sigma_beta={self.sigma_beta:g}, w2={self.w2:g}, sigma_gamma={self.sigma_gamma:g}); "
-                                     "use kernel widths and weights nearer the papers' (DEEPLAB_V1_LARGEFOV)")
-        if trace is not None:
-            trace.extend({**step, "q": to_batch(step["q"])} for step in steps)
-        return to_batch(q)
+        out = []
+        for w1 in [self.w1] if w1s is None else w1s:
+            pairwise = pairwise_filter(lattices, [w1, self.w2], self.normalization)
+            steps = None if trace is None else []
+            q = _fast_mean_field(unary, pairwise, self.iterations) if trace is None else None
+            if q is None:
+                q = mean_field(unary, pairwise, self.iterations, steps)
+            if not torch.isfinite(q).all():  # never hand back NaN as if it were a refined distribution
+                raise FloatingPointError(f"the CRF produced NaN / Inf (w1={w1:g}, sigma_alpha={self.sigma_alpha:g}, "
+                                         f"sigma_beta={self.sigma_beta:g}, w2={self.w2:g}, sigma_gamma={self.sigma_gamma:g}); "
+                                         "use kernel widths and weights nearer the papers' (DEEPLAB_V1_LARGEFOV)")
+            if trace is not None:
+                trace.extend({**step, "q": to_batch(step["q"])} for step in steps)
+            out.append(to_batch(q))
+        return out[0] if w1s is None else out
 
 
 def dense_crf(image, probs, iterations: int = DEFAULTS["iterations"], *, w1: float = DEFAULTS["w1"],

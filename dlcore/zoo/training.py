@@ -223,12 +223,21 @@ def image_confusions(labels: np.ndarray, masks: np.ndarray, num_classes: int) ->
 
 
 def crf_refine(images: torch.Tensor, probs: torch.Tensor, params: dict) -> np.ndarray:
-    """Labels [N,H,W] after the test-time CRF stage (`dlcore.inference.crf_stage`) with `params` and
-    CRF_ITERATIONS mean-field iterations, on the cached probabilities of each image (one lattice per image)."""
-    from dlcore.inference import crf_stage
+    """Labels [N,H,W] after the test-time CRF (`dlcore.crf.DenseCRF`) with `params` and CRF_ITERATIONS
+    mean-field iterations, on the cached probabilities of each image (one lattice per image)."""
+    return crf_refine_w1s(images, probs, params, [params["w1"]])[0]
 
-    refine = crf_stage(dict(params, iterations=CRF_ITERATIONS))
-    return np.stack([refine(im[None], p[None])[0].argmax(0).numpy() for im, p in zip(images, probs)])
+
+def crf_refine_w1s(images: torch.Tensor, probs: torch.Tensor, params: dict, w1s) -> list[np.ndarray]:
+    """`crf_refine` for each w1 of `w1s` (the other parameters as `params` says), each image's lattices built once."""
+    from dlcore.crf import DenseCRF
+
+    crf = DenseCRF(**{**params, "iterations": CRF_ITERATIONS, "w1": w1s[0]})
+    labels = [[] for _ in w1s]
+    for im, p in zip(images, probs):
+        for out, q in zip(labels, crf.sweep_w1(im[None], p[None], w1s)):
+            out.append(q[0].argmax(0).numpy())
+    return [np.stack(out) for out in labels]
 
 
 def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dict:
@@ -249,9 +258,13 @@ def crf_search(name: str, zoo_dir: Path = ZOO_DIR, progress: bool = True) -> dic
     grid: dict = {}
     for _ in range(CRF_EXPANSIONS + 1):
         todo = [p for p in _points(axes) if _key(p) not in grid]
-        for params in tqdm(todo, desc=f"CRF search {name}", disable=not progress):
-            cm = image_confusions(crf_refine(data["images"], probs, params), masks, model.num_classes).sum(0)
-            grid[_key(params)] = round(float(scores_from_confusion(cm)["miou"]), 5)
+        widths = sorted({(p["sigma_alpha"], p["sigma_beta"]) for p in todo})  # one lattice per image and pair
+        for alpha, beta in tqdm(widths, desc=f"CRF search {name}", disable=not progress):
+            w1s = [p["w1"] for p in todo if (p["sigma_alpha"], p["sigma_beta"]) == (alpha, beta)]
+            params = {"sigma_alpha": alpha, "sigma_beta": beta}
+            for w1, labels in zip(w1s, crf_refine_w1s(data["images"], probs, params, w1s)):
+                cm = image_confusions(labels, masks, model.num_classes).sum(0)
+                grid[_key({**params, "w1": w1})] = round(float(scores_from_confusion(cm)["miou"]), 5)
         best = dict(zip(axes, map(float, max(grid, key=grid.get).split("/"))))
         edges = {k: v for k, v in best.items() if len(axes[k]) > 1 and v in (axes[k][0], axes[k][-1])}
         if not (schedule.crf_expand and edges):
