@@ -176,9 +176,9 @@ def predictions(name: str, seed: int = 0, n: int = 4, *, crf: bool = False, zoo_
 
 def for_notebook(models, *, smoke: bool, retrain: bool, zoo_dir, retrain_dir) -> Path:
     """The zoo a notebook reads: `zoo_dir`; with retrain, `models` trained anew from the recipe into `retrain_dir`,
-    on `zoo_dir`'s schedule (a folder holding another schedule's entries is refused); in smoke mode, the same path on the tiny schedule in a fresh temporary folder (every code
-    path of the zoo runs, in seconds; the numbers mean nothing). Relative folders are the notebook's
-    (`dlcore.viz.notebook_path`), wherever papermill was started."""
+    on `zoo_dir`'s schedule (a folder holding another schedule's entries is refused); in smoke mode, the same path
+    on the tiny schedule in a fresh temporary folder (every code path of the zoo runs, in seconds; the numbers mean
+    nothing). Relative folders are the notebook's (`dlcore.viz.notebook_path`), wherever papermill was started."""
     from dlcore.viz import notebook_path
 
     zoo_dir, retrain_dir = notebook_path(zoo_dir), notebook_path(retrain_dir)
