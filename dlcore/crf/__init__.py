@@ -193,9 +193,7 @@ class DenseCRF(nn.Module):
                 f"w2={self.w2}, sigma_gamma={self.sigma_gamma}, normalization={self.normalization!r}")
 
     def forward(self, images: torch.Tensor, probs: torch.Tensor, trace: list | None = None) -> torch.Tensor:
-        # the whole call at one thread count, fewer threads when other processes hold cores (threads.py)
-        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if torch.is_tensor(probs) and probs.ndim == 4 else 0
-        with cpu_threads(pixels, probs.device if torch.is_tensor(probs) else torch.device("cpu")):
+        with _threads_for(probs):
             if self.iterations and torch.is_tensor(probs) and probs.requires_grad and torch.is_grad_enabled():
                 return _InferenceOnly.apply(probs, lambda p: self._refine(images, p, trace))  # Q, whose backward explains
             return self._refine(images, probs, trace)
@@ -206,8 +204,7 @@ class DenseCRF(nn.Module):
         for w1 in w1s:
             _check_params(self.iterations, w1, self.sigma_alpha, self.sigma_beta, self.w2, self.sigma_gamma,
                           self.normalization, self.max_memory_bytes)
-        pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if torch.is_tensor(probs) and probs.ndim == 4 else 0
-        with cpu_threads(pixels, probs.device if torch.is_tensor(probs) else torch.device("cpu")):
+        with _threads_for(probs):
             return self._refine(images, probs, None, [float(w) for w in w1s])
 
     @torch.no_grad()
@@ -243,6 +240,12 @@ class DenseCRF(nn.Module):
                 trace.extend({**step, "q": to_batch(step["q"])} for step in steps)
             out.append(to_batch(q))
         return out[0] if w1s is None else out
+
+
+def _threads_for(probs):
+    """The whole CRF call at one thread count: fewer threads when other processes hold cores (threads.py)."""
+    pixels = probs.shape[0] * probs.shape[2] * probs.shape[3] if torch.is_tensor(probs) and probs.ndim == 4 else 0
+    return cpu_threads(pixels, probs.device if torch.is_tensor(probs) else torch.device("cpu"))
 
 
 def dense_crf(image, probs, iterations: int = DEFAULTS["iterations"], *, w1: float = DEFAULTS["w1"],

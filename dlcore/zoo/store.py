@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -130,14 +131,22 @@ def _save_entry(name: str, stored: dict, info: dict, zoo_dir: Path) -> None:
     _update_manifest(zoo_dir, lambda manifest: manifest["entries"].__setitem__(name, record))
 
 
-def _update_manifest(zoo_dir: Path, change) -> None:
-    """Read, change and write the manifest under an exclusive lock, so that two `zoo train` processes (say one
-    for the VGG-16 models, one for ResNet-101's) never lose each other's records."""
+@contextlib.contextmanager
+def locked(zoo_dir: Path, name: str):
+    """Hold the exclusive lock ZOO_DIR/.NAME.lock for the `with` block; a second process waits. flock, so a process
+    that dies releases it."""
     import fcntl
 
     Path(zoo_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(zoo_dir) / ".manifest.lock", "w") as lock:
+    with open(Path(zoo_dir) / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _update_manifest(zoo_dir: Path, change) -> None:
+    """Read, change and write the manifest under an exclusive lock, so that two `zoo train` processes (say one
+    for the VGG-16 models, one for ResNet-101's) never lose each other's records."""
+    with locked(zoo_dir, "manifest"):
         manifest = read_manifest(zoo_dir)
         change(manifest)
         _write_manifest(manifest, zoo_dir)

@@ -17,7 +17,7 @@ from dlcore.io import atomic_write
 from dlcore.zoo import memo
 from dlcore.zoo.recipe import (CRF_ITERATIONS, MODELS, WIDTH, ZOO_DIR, ZooError, _split, build,
                                entry_names, pretrain_recipe, rebuild_command)
-from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry,
+from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_settings, load_entry, locked,
                               pack, read_manifest, schedule_of, unpack)
 from dlcore.zoo.trunk import (frozen_keys, heldout_scenes, labels_of, load, probabilities, start_from_pretrained,
                               test_scenes)
@@ -297,13 +297,10 @@ def _cross_validate_crf(model: str, seed: int, zoo_dir: Path, progress: bool) ->
         raise ZooError(f"{model}-s{seed} is trained and saved, but its CRF scores need the settings "
                               f"cross-validated on seed 0, which is not trained yet: run `{rebuild_command(model + '-s0', zoo_dir)}`, "
                               f"then `python -m dlcore zoo train`, which keeps these weights and records the scores")
-    import fcntl
-
     # Two `zoo train` processes that finish seeds of one model (say seeds 0 and 1 side by side) would both search:
     # the second waits for the first's search and uses what it recorded.
     before = read_manifest(zoo_dir)["crf"].get(model)
-    with open(Path(zoo_dir) / f".crf-{model}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(zoo_dir, f"crf-{model}"):
         if read_manifest(zoo_dir)["crf"].get(model) != before:  # searched by another process while we waited
             return
         found = crf_search(model, zoo_dir, progress)
