@@ -556,8 +556,8 @@ def test_converged_schedule_tests_on_a_draw_no_choice_reads():
 
 def test_the_converged_zoo_in_training_is_consistent():
     """zoo-next/ (the converged zoo, trained across sessions): its schedule is the converged one, every finished
-    entry matches its checksum, every partial one has a readable checkpoint short of its last step, and the two zoos
-    together stay within the repository's budget."""
+    entry matches its checksum, every partial one has a readable checkpoint short of its last step, the shipped
+    weights stay within 40 MB and the repository within 50 MB."""
     from dlcore.zoo.recipe import ROOT
 
     nxt = ROOT / "zoo-next"
@@ -580,11 +580,15 @@ def test_the_converged_zoo_in_training_is_consistent():
     for folder in (nxt / "partial").glob("*"):
         part = zoo.partial_step(folder.name, nxt)  # None: stopped before its first checkpoint
         assert part is None or 0 < part[0] < part[1], f"zoo-next/partial/{folder.name}: step {part}"
-    listed = subprocess.run(["git", "ls-files", "-z", "zoo", "zoo-next"], cwd=ROOT, capture_output=True, text=True)
-    files = [ROOT / f for f in listed.stdout.split("\0") if f] if listed.returncode == 0 else \
-        [p for d in (zoo.ZOO_DIR, nxt) for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    tracked = sum(p.stat().st_size for p in files if p.is_file())  # what the repository carries
-    assert tracked <= 42e6, f"the zoos hold {tracked / 1e6:.1f} MB; retire shipped entries the converged zoo replaces"
+    # The issue's budget is on the shipped weights (the finished entries of both zoos); a partial run is carried
+    # only until it finishes, and counts in the repository's own limit (the device tool carries at most 64 MiB).
+    shipped = sum((d / info["file"]).stat().st_size for d in (zoo.ZOO_DIR, nxt)
+                  for info in zoo.read_manifest(d)["entries"].values())
+    assert shipped <= 40e6, f"the zoos ship {shipped / 1e6:.1f} MB of weights; retire entries the converged zoo replaces"
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0:  # a checkout: what the repository carries, partial runs included
+        tracked = sum(p.stat().st_size for p in (ROOT / f for f in listed.stdout.split("\0") if f) if p.is_file())
+        assert tracked <= 50e6, f"the repository holds {tracked / 1e6:.1f} MB; retire zoo entries or partial runs"
 
 
 def test_class_table_names_the_classes_at_zero_and_those_too_easy_to_order():
