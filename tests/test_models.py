@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from dlcore.backbones import ResNet101, VGG16
-from dlcore.heads import bilinear_kernel, subsample_fc
+from dlcore.heads import bilinear_kernel, bilinear_upsampler, subsample_fc
 from dlcore.imagenet import imagenet_weights, load_torchvision_weights
 from dlcore.models import MSC, available, build_model, fov_table
 
@@ -174,6 +174,28 @@ def test_fcn_final_upsamplers_are_fixed_and_run_in_fp32_under_autocast():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, head.upscore8(coarse.bfloat16().float()))
     assert (out - ref).abs().max() < 0.05  # only the bf16 rounding of the input
+
+
+def test_a_fixed_bilinear_upsampler_is_its_transposed_convolution_as_two_matrix_products():
+    """The fixed tent kernel is an outer product, so A @ x @ B^T gives the transposed convolution's sums: the same
+    output and the same gradient (float rounding apart). A learned or altered kernel keeps the convolution."""
+    for f in (2, 3, 8, 32):
+        up = bilinear_upsampler(4, f, fixed=True)
+        x = torch.randn(2, 4, 5, 3, requires_grad=True)
+        assert up._is_tent()
+        out = up(x)
+        ref = F.conv_transpose2d(x, up.weight, stride=f, padding=up.padding, groups=4)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(out)
+        (grad,) = torch.autograd.grad(out, x, g)
+        (grad_ref,) = torch.autograd.grad(ref, x, g)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-4)
+    learned = bilinear_upsampler(4, 2)
+    assert learned.weight.requires_grad  # FCN's 2x upsampling learns: the convolution
+    with torch.no_grad():
+        up.weight[0, 0, 0, 0] += 1.0  # no longer the tent (e.g. a loaded kernel): the convolution again
+    assert not up._is_tent()
+    torch.testing.assert_close(up(x), F.conv_transpose2d(x, up.weight, stride=32, padding=16, groups=4))
 
 
 def test_train_at_stride_keeps_the_scores_at_the_output_stride_in_training_only():
