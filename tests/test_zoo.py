@@ -566,7 +566,6 @@ def test_converged_schedule_tests_on_a_draw_no_choice_reads():
     held-out scenes follow its test scenes in one draw."""
     assert zoo.SCHEDULES["converged"].test_draw != 0 and zoo.SCHEDULES["converged"].heldout_offset == 0
     assert zoo.FULL.heldout_offset == zoo.FULL.n_test
-    assert "deeplab-v1-largefov-paper-s0" not in zoo.entry_names(zoo.SCHEDULES["converged"])
     assert len(zoo.SCHEDULES["converged"].n_test * [0]) >= 500
 
 

@@ -21,8 +21,7 @@ CRF_ITERATIONS = 10
 # The models whose fully connected CRF a zoo cross-validates and records: every DeepLab on output stride 8, as v1 Sec. 5
 # and v2 Tables 3-4 refine every DeepLab (FCN has no CRF). A schedule may record fewer (`Schedule.crf_models`).
 CRF_MODELS = ("deeplab-v1-7x7", "deeplab-v1-4x4", "deeplab-v1-4x4-r8", "deeplab-v1-largefov",
-              "deeplab-v1-largefov-msc", "deeplab-v1-4x4-long", "deeplab-v1-largefov-long", "deeplab-v1-largefov-paper",
-              "deeplab-v2-vgg-aspp-s", "deeplab-v2-vgg-aspp-l", "deeplab-v2-resnet101-largefov",
+              "deeplab-v1-largefov-msc", "deeplab-v2-vgg-aspp-s", "deeplab-v2-vgg-aspp-l", "deeplab-v2-resnet101-largefov",
               "deeplab-v2-resnet101-largefov-msc", "deeplab-v2-resnet101-aspp-l")
 
 
@@ -68,10 +67,10 @@ class Schedule:
         return self.n_test if self.test_draw == 0 else 0
 
     def value(self, spec: "Spec", key: str):
-        """`key` ("steps", "n_heldout" or "n_crf") for zoo model `spec`: ours, or its short schedule's (its own steps)."""
+        """`key` ("steps", "n_heldout" or "n_crf") for zoo model `spec`: ours, or its short schedule's."""
         if not (spec.short and self.short):
             return getattr(self, key)
-        return spec.steps if key == "steps" and spec.steps else dict(self.short)[key]
+        return dict(self.short)[key]
 
 
 FULL = Schedule("full", size=256, n_train=1000, n_test=96, n_heldout=8, n_crf=32, seeds=(0, 1, 2), steps=250,
@@ -127,7 +126,6 @@ class Spec:
     options: dict = field(default_factory=dict)
     init_from: str | None = None  # the zoo model (same seed) whose weights start this one: FCN's stages
     short: bool = False  # trained on the schedule's `short` variant
-    steps: int | None = None  # a schedule study's own step count (else the schedule's, or its short variant's)
 
     @property
     def trunk(self) -> str:
@@ -143,13 +141,6 @@ MODELS = {
     "deeplab-v1-4x4-r8": Spec("deeplab-v1-4x4-r8", {"batch_norm": True}, short=True),
     "deeplab-v1-largefov": Spec("deeplab-v1-largefov", {"batch_norm": True}, short=True),
     "deeplab-v1-largefov-msc": Spec("deeplab-v1-largefov-msc", {"batch_norm": True}, short=True),
-    # The schedule study (notebook 03): the two v1 heads whose ordering did not reproduce, trained 4x as long
-    # (600 steps, 4.8 epochs; the paper's 6,000 iterations of 20 are ~11 epochs of its 10,582 images).
-    "deeplab-v1-4x4-long": Spec("deeplab-v1-4x4", {"batch_norm": True}, short=True, steps=600),
-    "deeplab-v1-largefov-long": Spec("deeplab-v1-largefov", {"batch_norm": True}, short=True, steps=600),
-    # LargeFOV on the paper's schedule: 6,000 iterations (v2 Sec. 4.1, Table 2; 48 epochs of our 1,000 scenes at batch 8).
-    # The 150-step heads above carry the comparisons between heads; this one shows where the recipe converges.
-    "deeplab-v1-largefov-paper": Spec("deeplab-v1-largefov", {"batch_norm": True}, short=True, steps=6000),
     "deeplab-v2-vgg-aspp-s": Spec("deeplab-v2-vgg-aspp-s", {"batch_norm": True}, short=True),
     "deeplab-v2-vgg-aspp-l": Spec("deeplab-v2-vgg-aspp-l", {"batch_norm": True}, short=True),
     "deeplab-v2-resnet101-largefov": Spec("deeplab-v2-resnet101-largefov", {"output_stride": 8}),
