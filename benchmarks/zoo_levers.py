@@ -59,7 +59,7 @@ def main() -> None:
     from dlcore.data import SyntheticScenes
     from dlcore.data.transforms import normalize
     from dlcore.train import param_groups, segmentation_loss
-    from dlcore.zoo import ZOO_DIR, memo, training
+    from dlcore.zoo import ZOO_DIR, training
 
     scenes = SyntheticScenes("train", n=64, size=256, seed=5)
     counter = iter(range(10 ** 6))
