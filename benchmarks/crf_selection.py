@@ -38,7 +38,7 @@ def main() -> None:
 
     from dlcore.metrics import scores_from_confusion
     from dlcore.zoo import MODELS, read_manifest, schedule_of
-    from dlcore.zoo.training import crf_refine_w1s, image_confusions
+    from dlcore.zoo.training import score_crf_settings, image_confusions
     from dlcore.zoo.trunk import labels_of, load, probabilities, scenes
 
     record = read_manifest(args.zoo_dir)["crf"][args.model]
@@ -57,12 +57,8 @@ def main() -> None:
         return round(100 * float(scores_from_confusion(image_confusions(labels, masks, model.num_classes).sum(0))["miou"]), 2)
 
     started = time.perf_counter()
-    larger = {}
-    for alpha, beta in sorted({tuple(map(float, k.split("/")[1:])) for k in chosen}):
-        keys = [k for k in chosen if tuple(map(float, k.split("/")[1:])) == (alpha, beta)]
-        w1s = [float(k.split("/")[0]) for k in keys]
-        for key, labels in zip(keys, crf_refine_w1s(data["images"], probs, {"sigma_alpha": alpha, "sigma_beta": beta}, w1s)):
-            larger[key] = miou(labels)
+    scored = score_crf_settings(chosen, data, probs, model.num_classes, "CRF settings", progress=False)
+    larger = {k: round(100 * v, 2) for k, v in scored.items()}
     small = [100 * record["grid"][k] for k in chosen]
     big = [larger[k] for k in chosen]
     rho = float(np.corrcoef(_ranks(small), _ranks(big))[0, 1])

@@ -506,6 +506,58 @@ def test_the_crf_search_doubles_w1_past_the_edge_and_stops_when_the_optimum_is_i
     assert found["params"]["w1"] == 8.0 and found["interior"] is True
 
 
+def test_the_crf_search_confirms_its_best_settings_on_more_heldout_scenes(tiny_zoo, monkeypatch):
+    """With the schedule's crf_confirm, the search's best settings are scored again on the searched and further
+    held-out scenes, and the best there is chosen: here the searched scenes peak at w1 = 4 and the larger set at
+    w1 = 2. A confirmed choice on the grid's edge tries one doubling past it (here to w1 = 0.5, then inside)."""
+    def refine(images, probs, params, w1s):  # labels that carry the w1 and how many scenes they were made on
+        return [np.array([w, len(images)]) for w in w1s]
+
+    def confusions(labels, masks, c):  # the searched scenes peak at w1 = 4; the larger set at w1 = peak
+        if np.size(labels) != 2:  # the network's own labels, without the CRF
+            return np.eye(c, dtype=np.int64)[None]
+        w, n = np.ravel(labels)
+        best = 4.0 if n == searched else peak
+        return (np.eye(c) * (100 - abs(np.log2(w / best))) + 1).astype(np.int64)[None]
+
+    grid = (("w1", (1.0, 2.0, 4.0, 8.0)), ("sigma_alpha", (10.0,)), ("sigma_beta", (5.0,)))
+    schedule = dataclasses.replace(zoo.schedule_of(tiny_zoo), crf_grid=grid, crf_confirm=2)
+    searched = schedule.n_heldout
+    monkeypatch.setattr(zoo.training, "schedule_of", lambda zoo_dir: schedule)
+    monkeypatch.setattr(zoo.training, "crf_refine_w1s", refine)
+    monkeypatch.setattr(zoo.training, "image_confusions", confusions)
+    peak = 2.0
+    found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
+    assert max(found["grid"], key=found["grid"].get) == "4.0/10.0/5.0"
+    assert found["params"]["w1"] == 2.0 and found["interior"] is True
+    assert found["confirm_scenes"] == searched + 2 and sorted(found["confirmed"]) == sorted(found["grid"])
+    peak = 0.5
+    found = zoo.crf_search("deeplab-v1-largefov", tiny_zoo, progress=False)
+    assert found["params"]["w1"] == 0.5 and found["interior"] is True
+    assert "0.25/10.0/5.0" in found["confirmed"] and "0.25/10.0/5.0" in found["grid"]  # scored on both sets
+
+
+def test_zoo_train_confirms_a_recorded_crf_search_without_searching_again(tiny_zoo, tmp_path, monkeypatch):
+    """A zoo whose schedule asks for the confirmation, holding a search made before it: `zoo train` confirms the
+    recorded search (no new search, no training) and scores again every seed scored with the replaced setting."""
+    d = _copy(tiny_zoo, tmp_path / "z")
+    name = "deeplab-v1-largefov"
+    schedule = dataclasses.replace(zoo.schedule_of(d), crf_confirm=2)
+    for module in (zoo.training, zoo.store):
+        monkeypatch.setattr(module, "schedule_of", lambda zoo_dir: schedule)
+    assert not zoo.store._complete(f"{name}-s1", d)
+    before = zoo.read_manifest(d)["crf"][name]
+    other = {**before["params"], "w1": before["params"]["w1"] + 1}
+    monkeypatch.setattr(zoo.training, "crf_search", lambda *a: pytest.fail("searched again"))
+    monkeypatch.setattr(zoo.training, "train_model", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(zoo.training, "confirm_crf", lambda n, found, *a: {**found, "params": other, "confirmed": {}})
+    scored = []
+    monkeypatch.setattr(zoo.training, "record_scores", lambda n, seed, zoo_dir: scored.append(seed))
+    zoo.train_all([name], zoo_dir=d, progress=False, log=lambda *a: None)
+    assert zoo.read_manifest(d)["crf"][name]["params"] == other
+    assert sorted(scored) == [0, 1] and all(zoo.store._complete(f"{name}-s{s}", d) for s in (0, 1))
+
+
 def test_the_plateau_rule_reads_the_last_quarter_of_the_learning_curve(tiny_zoo):
     """A curve that climbs to the end fails the rule; one that flattens passes, whatever its noise before; `zoo list`
     says which, beside where the curve ended."""
@@ -547,7 +599,7 @@ def test_a_second_zoo_train_waits_for_the_crf_search_of_the_first(tiny_zoo, tmp_
     d = _copy(tiny_zoo, tmp_path / "z")
     name = "deeplab-v1-largefov"
     searched = []
-    monkeypatch.setattr(zoo.training, "crf_search", lambda *a: searched.append(a) or {"params": {}})
+    monkeypatch.setattr(zoo.training, "crf_search", lambda *a: searched.append(a) or {"params": {"w1": 9.0}})
     with open(d / f".crf-{name}.lock", "w") as held:  # the first process, searching
         fcntl.flock(held, fcntl.LOCK_EX)
         second = threading.Thread(target=zoo.training._cross_validate_crf, args=(name, 1, d, False))

@@ -221,6 +221,12 @@ def crf_settings(name: str, zoo_dir: Path = ZOO_DIR) -> dict:
     return dict(found["params"])
 
 
+def crf_recorded(name: str, zoo_dir: Path = ZOO_DIR) -> bool:
+    """Is model `name`'s CRF cross-validated, and (the schedule's `crf_confirm`) confirmed on more scenes?"""
+    found = read_manifest(zoo_dir)["crf"].get(name)
+    return found is not None and (not schedule_of(zoo_dir).crf_confirm or "confirmed" in found)
+
+
 def recorded(name: str, seed: int, zoo_dir: Path = ZOO_DIR) -> dict:
     """The per-image confusions `record_scores` stored: {"none": [n_test,C,C], "crf": [n_crf,C,C] (crf_models)}."""
     path = Path(zoo_dir) / "scores" / f"{name}-s{seed}.npz"
@@ -273,5 +279,5 @@ def _complete(entry: str, zoo_dir: Path) -> bool:
     if entry.startswith("pretrain-"):
         return True
     model, seed = _split(entry)
-    crf_ok = model not in schedule_of(zoo_dir).crf_models or model in read_manifest(zoo_dir)["crf"]
+    crf_ok = model not in schedule_of(zoo_dir).crf_models or crf_recorded(model, zoo_dir)
     return crf_ok and (Path(zoo_dir) / "scores" / f"{entry}.npz").is_file()
