@@ -17,8 +17,8 @@ from dlcore.io import atomic_write
 from dlcore.zoo import memo
 from dlcore.zoo.recipe import (CRF_ITERATIONS, MODELS, WIDTH, ZOO_DIR, ZooError, _split, build,
                                entry_names, pretrain_recipe, rebuild_command)
-from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_recorded, crf_settings, load_entry, locked,
-                              pack, read_manifest, schedule_of, unpack)
+from dlcore.zoo.store import (_complete, _machine, _ok, _save_entry, _update_manifest, crf_recorded, crf_settings,
+                              load_entry, locked, pack, read_manifest, schedule_of, unpack)
 from dlcore.zoo.trunk import (frozen_keys, heldout_scenes, labels_of, load, probabilities, start_from_pretrained,
                               test_scenes)
 
@@ -301,7 +301,8 @@ def confirm_crf(name: str, found: dict, zoo_dir: Path = ZOO_DIR, progress: bool 
             "interior": not edges}
 
 
-def score_crf_settings(keys: list, data: dict, probs: torch.Tensor, num_classes: int, desc: str, progress: bool) -> dict:
+def score_crf_settings(keys: list, data: dict, probs: torch.Tensor, num_classes: int, desc: str,
+                       progress: bool) -> dict:
     """{key: mean IoU} of the CRF with each setting `key` ("w1/sigma_alpha/sigma_beta") on the scenes `data`."""
     return {k: _miou_of(cms) for k, cms in crf_confusions(keys, data, probs, num_classes, desc, progress).items()}
 
