@@ -136,10 +136,8 @@ def _partial_started_from(partial: Path) -> dict | None:
 
 def _miou(model: nn.Module, data: dict) -> float:
     """Mean IoU in percent of `model` on the scenes `data`, without the CRF."""
-    from dlcore.metrics import scores_from_confusion
-
-    cm = image_confusions(labels_of(probabilities(model, data)), data["masks"].numpy(), model.num_classes).sum(0)
-    return 100 * float(scores_from_confusion(cm)["miou"])
+    confusions = image_confusions(labels_of(probabilities(model, data)), data["masks"].numpy(), model.num_classes)
+    return 100 * _miou_of(confusions, digits=None)
 
 
 def _smallest_faithful(model: nn.Module, state: dict, zoo_dir: Path) -> tuple[dict, dict]:
@@ -322,11 +320,12 @@ def crf_confusions(keys: list, data: dict, probs: torch.Tensor, num_classes: int
     return out
 
 
-def _miou_of(confusions: np.ndarray) -> float:
-    """Mean IoU (a fraction, 5 decimals) over the images of per-image confusions [N,C,C]."""
+def _miou_of(confusions: np.ndarray, digits: int | None = 5) -> float:
+    """Mean IoU (a fraction, rounded to `digits`; None: exact) over the images of per-image confusions [N,C,C]."""
     from dlcore.metrics import scores_from_confusion
 
-    return round(float(scores_from_confusion(confusions.sum(0))["miou"]), 5)
+    miou = float(scores_from_confusion(confusions.sum(0))["miou"])
+    return miou if digits is None else round(miou, digits)
 
 
 def _points(axes: dict) -> list[dict]:
