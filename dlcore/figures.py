@@ -8,6 +8,7 @@ so that the runner and the tests can check that each was written, and how long i
 import ast
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,19 @@ def displayed_images(executed: Path) -> int:
     cells = json.loads(Path(executed).read_text())["cells"]
     return sum(1 for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])
                if any(k.startswith("image/") for k in o.get("data", {})))
+
+
+# How Python prints a warning: "file.py:LINE: SomeWarning: message" (warnings.formatwarning)
+_WARNING_LINE = re.compile(r"^\S+:\d+: \w*Warning: .*$", re.MULTILINE)
+
+
+def printed_warnings(executed: Path) -> list[str]:
+    """The warnings an executed notebook prints to a student (stderr of its code cells), each as "cell N: line" with
+    N the cell's index in the executed copy (papermill adds a parameters cell)."""
+    cells = json.loads(Path(executed).read_text())["cells"]
+    return [f"cell {i}: {line}" for i, c in enumerate(cells) if c["cell_type"] == "code"
+            for o in c.get("outputs", []) if o.get("name") == "stderr"
+            for line in _WARNING_LINE.findall("".join(o.get("text", "")))]
 
 
 # Cells whose output is exact and deterministic (the paper's tables, the metric worked by hand) start with this

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dlcore.figures import NotebookFailed, declared_figures, declared_seconds, is_checked, notebooks, run_notebook
+from dlcore.figures import (NotebookFailed, declared_figures, declared_seconds, is_checked, notebooks, printed_warnings,
+                            run_notebook)
 
 NOTEBOOKS = notebooks()
 IDS = [p.stem for p in NOTEBOOKS]
@@ -77,6 +78,8 @@ def test_runs_in_smoke_mode(path, tmp_path):
     assert not missing, f"{path.name} did not write the figures it declares: {missing}"
     assert result.shown >= len(declared_figures(path)), \
         f"{path.name} declares {len(declared_figures(path))} figures but its executed copy displays {result.shown} images"
+    warned = printed_warnings(tmp_path / "executed" / path.name)
+    assert not warned, f"{path.name} prints warnings to the student: {warned[:3]}"
 
 
 def test_committed_figures_match_declarations():
@@ -98,6 +101,8 @@ def test_full_mode_asserts_the_papers_claims(path, tmp_path):
         run_notebook(path, tmp_path / "executed", tmp_path / "figures", smoke=False, device="cpu", timeout=900)
     except NotebookFailed as e:
         pytest.fail(str(e), pytrace=False)
+    warned = printed_warnings(tmp_path / "executed" / path.name)
+    assert not warned, f"{path.name} prints warnings to the student: {warned[:3]}"
 
 
 def _tiny_notebook(path: Path, source: str) -> None:
@@ -157,6 +162,17 @@ def test_a_figure_saved_but_not_shown_fails_the_run(tmp_path):
         _run_checked(folder / "00_hidden.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu")
     assert _run_checked(folder / "01_shown.ipynb", tmp_path / "out", tmp_path / "fig", True, "cpu").shown == 1
     assert displayed_images(tmp_path / "out" / "01_shown.ipynb") == 1
+
+
+def test_a_warning_printed_in_a_cell_is_found_by_cell(tmp_path):
+    """The smoke and full runs fail on a warning a student would see (a torch UserWarning once reached 09's)."""
+    _tiny_notebook(tmp_path / "00_warns.ipynb", "import warnings\nprint('ran')\nwarnings.warn('careful')")
+    _tiny_notebook(tmp_path / "01_quiet.ipynb", "import sys\nprint('progress: 50%', file=sys.stderr)")
+    for name in ("00_warns", "01_quiet"):
+        run_notebook(tmp_path / f"{name}.ipynb", tmp_path / "out", tmp_path / "fig", smoke=True, device="cpu")
+    found = printed_warnings(tmp_path / "out" / "00_warns.ipynb")
+    assert len(found) == 1 and found[0].endswith("UserWarning: careful"), found  # "cell N" of the executed copy
+    assert printed_warnings(tmp_path / "out" / "01_quiet.ipynb") == []
 
 
 def test_use_threads_refuses_a_bad_cap(monkeypatch):
