@@ -119,10 +119,11 @@ def _flip(image, mask):
 
 
 def pretrain(arch: str, *, width: float, steps: int, batch_size: int = 16, lr: float = 0.02, n_images: int = 8192,
-             seed: int = 0, device="cpu", checkpoint_dir=None, checkpoint_every: int = 0, progress: bool = True) -> dict:
+             seed: int = 0, device="cpu", checkpoint_dir=None, checkpoint_every: int = 0, progress: bool = True,
+             n_check: int = 512) -> dict:
     """Train a `CLASSIFIERS[arch]` on SyntheticScenes' image-level labels through `dlcore.train.train` (SGD, momentum
     0.9, weight decay 5e-4, poly lr, random horizontal flips; checkpoints in `checkpoint_dir`, resumed when one is
-    there); returns {"model", "seconds", "loss", "accuracy" (per-label, on 512 held-out scenes)}."""
+    there); returns {"model", "seconds", "loss", "accuracy" (per-label, on `n_check` held-out scenes)}."""
     from dlcore.data import SyntheticScenes
     from dlcore.train import train
 
@@ -136,7 +137,7 @@ def pretrain(arch: str, *, width: float, steps: int, batch_size: int = 16, lr: f
                    meta={"pretrain": arch, "n_images": n_images})
     model = model.cpu().eval()
     return {"model": model, "seconds": None if resume else round(result["seconds"], 1), "loss": result["loss"],
-            "accuracy": label_accuracy(model, SceneLabels(512, split="val"))}
+            "accuracy": label_accuracy(model, SceneLabels(n_check, split="val"))}
 
 
 @torch.no_grad()

@@ -286,7 +286,7 @@ def test_the_pretraining_is_stored_int8_only_where_its_label_accuracy_stays(monk
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     for measured, storage in ((0.9, "int8 kernels + fp16"), (0.902, "fp16")):  # 0.2 points: not faithful
         monkeypatch.setattr("dlcore.pretrain.label_accuracy", lambda m, d, value=measured: value)
-        stored, info = _faithful_pretrained(model, 0.9)
+        stored, info = _faithful_pretrained(model, 0.9, 512)
         assert info["storage"] == storage
         assert any(k.endswith("#q") for k in stored) == (storage != "fp16")
         assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())  # left as trained
@@ -294,6 +294,23 @@ def test_the_pretraining_is_stored_int8_only_where_its_label_accuracy_stays(monk
         if storage == "fp16":  # the fp16 file holds the trained weights, not the int8 copy measured before it
             exact = zoo.unpack(zoo.pack(trained))
             assert all(torch.equal(v, exact[k]) for k, v in zoo.unpack(stored).items())
+
+
+def test_the_tiny_schedule_scores_its_pretraining_on_a_few_scenes(tmp_path, monkeypatch):
+    """Smoke runs train a tiny zoo per notebook: scoring each classifier on 512 scenes (twice: the accuracy and the
+    storage check) was most of their time. Each schedule says how many (`pretrain_check`)."""
+    seen = []
+
+    def accuracy(model, data, batch_size=32):
+        seen.append(len(data))
+        return 0.5
+
+    monkeypatch.setattr("dlcore.pretrain.label_accuracy", accuracy)
+    zoo.claim_schedule(tmp_path, zoo.TINY)
+    info = zoo.train_pretrained("vgg16", zoo_dir=tmp_path, progress=False)
+    assert len(seen) >= 2 and set(seen) == {zoo.TINY.pretrain_check}
+    assert zoo.TINY.pretrain_check < zoo.SCHEDULES["converged"].pretrain_check == 512
+    assert info["label_accuracy"] == 0.5
 
 
 def test_a_partial_run_begun_on_an_older_pretraining_starts_again(tiny_zoo, tmp_path, monkeypatch, capsys):

@@ -62,6 +62,7 @@ class Schedule:
     crf_confirm: int = 0  # held-out scenes after the searched ones that re-score the search's best (`confirm_crf`)
     crf_models: tuple = CRF_MODELS  # the models whose CRF is cross-validated and recorded
     pretrain_lr: tuple = (("vgg16", 0.02), ("resnet101", 0.02))  # ((arch, lr), ...): each classifier's own rate
+    pretrain_check: int = 512  # held-out scenes that score a classifier's label accuracy and its storage check
 
     @property
     def heldout_offset(self) -> int:
@@ -87,7 +88,7 @@ FULL = Schedule("full", size=256, n_train=1000, n_test=96, n_heldout=8, n_crf=32
 TINY = Schedule("tiny", size=64, n_train=8, n_test=4, n_heldout=2, n_crf=2, seeds=(0, 1), steps=2, batch=2, lr=0.03,
                 crf_grid=(("w1", (4.0,)), ("sigma_alpha", (10.0, 20.0)), ("sigma_beta", (5.0,))),
                 pretrain_steps=2, pretrain_images=8, pretrain_batch=2, checkpoint_every=1, crf_expand=True,
-                curve_every=1, n_curve=2)
+                curve_every=1, n_curve=2, pretrain_check=8)
 # The converged zoo (being trained into zoo-next/, issue 21): every model on one schedule, 24,000 steps, the
 # length LargeFOV's doubling test chose (benchmarks/RESULTS.md: 6,000 -> 12,000 steps adds 5.2 points, 12,000 ->
 # 24,000 adds 2.0), bf16 autocast, 4,000 distinct training scenes, 500 test scenes of a draw no choice looked at,
