@@ -173,3 +173,16 @@ def trimap_miou(pred, target, num_classes: int, band: int, ignore_index: int = 2
     inside = boundary_band(t, band, ignore_index)
     banded = np.where(inside, t, ignore_index)  # pixels off the band become void: not scored
     return scores(p, banded, num_classes, ignore_index)["miou"]
+
+
+def stride_oracle(mask, stride: int, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """The best labels an output-stride-`stride` map can carry for `mask` [H,W]: each stride x stride cell's majority
+    label (void pixels vote for no class), upsampled by nearest neighbour. Scoring it bounds what any net at that
+    stride can reach without refinement (FCN's skips and DeepLab's atrous convolution exist to lower the stride)."""
+    mask = torch.as_tensor(mask).long()
+    if mask.dim() != 2 or int(stride) < 1:
+        raise ValueError(f"stride_oracle needs one [H,W] label map and a stride >= 1, got {tuple(mask.shape)} and {stride}")
+    onehot = F.one_hot(torch.where(mask == ignore_index, num_classes, mask), num_classes + 1)[..., :num_classes]
+    votes = F.avg_pool2d(onehot.permute(2, 0, 1).float()[None], stride, ceil_mode=True)
+    cells = votes.argmax(1)
+    return cells.repeat_interleave(stride, 1).repeat_interleave(stride, 2)[0, : mask.shape[0], : mask.shape[1]]

@@ -141,3 +141,18 @@ def test_trimap_miou_on_a_square():
     assert metrics.trimap_miou(torch.from_numpy(SQUARE), torch.from_numpy(SQUARE), 2, 1) == 1.0
     with pytest.raises(ValueError, match="band"):
         metrics.trimap_miou(pred, SQUARE, 2, -1)
+
+
+def test_stride_oracle_keeps_each_cells_majority_and_loses_what_a_cell_cannot_hold():
+    mask = torch.zeros(8, 8, dtype=torch.long)
+    mask[:3, :4] = 2  # 12 of the top-left 4 x 4 cell's 16 pixels: the cell's majority
+    mask[5, 5] = 1  # one pixel: no stride-4 cell can keep it
+    mask[7, 0:2] = 255  # void votes for nothing
+    out = metrics.stride_oracle(mask, 4, 3)
+    assert out.shape == mask.shape
+    assert (out[:4, :4] == 2).all() and (out[4:, 4:] == 0).all() and (out[4:, :4] == 0).all()
+    assert torch.equal(metrics.stride_oracle(mask, 1, 3)[mask != 255], mask[mask != 255])  # stride 1 is exact
+    odd = metrics.stride_oracle(mask[:7, :6], 4, 3)  # a size the stride does not divide: cropped back
+    assert odd.shape == (7, 6)
+    with pytest.raises(ValueError, match="one \\[H,W\\] label map"):
+        metrics.stride_oracle(mask[None], 4, 3)
