@@ -73,8 +73,7 @@ def load(name: str, seed: int = 0, zoo_dir: Path = ZOO_DIR) -> nn.Module:
     entry = f"{name}-s{seed}"
     state = load_entry(entry, zoo_dir)
     expected = set(model.state_dict()) - frozen_keys(model)
-    # the first zoo's FCN entries trained (and hold) the final upsampling, which the architecture fixes
-    if set(state) - fixed_keys(model) != expected:
+    if set(state) != expected:
         raise ZooError(f"zoo file {entry}.pt does not hold the weights of {name} (e.g. "
                        f"{sorted(set(state) ^ expected)[:2]}); rebuild it with `{rebuild_command(entry, zoo_dir)}`")
     model.load_state_dict(state, strict=False)
