@@ -177,8 +177,9 @@ def trimap_miou(pred, target, num_classes: int, band: int, ignore_index: int = 2
 
 def stride_oracle(mask, stride: int, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """The best labels an output-stride-`stride` map can carry for `mask` [H,W]: each stride x stride cell's majority
-    label (void pixels vote for no class), upsampled by nearest neighbour. Scoring it bounds what any net at that
-    stride can reach without refinement (FCN's skips and DeepLab's atrous convolution exist to lower the stride)."""
+    label (void pixels vote for no class), upsampled by nearest neighbour. Scored, it is the ceiling of a net that
+    gives each output cell one label; a net that upsamples its scores bilinearly can pass it by drawing an edge inside
+    a cell (notebook 01: FCN-16s does)."""
     mask = torch.as_tensor(mask).long()
     if mask.dim() != 2 or int(stride) < 1:
         raise ValueError(f"stride_oracle needs one [H,W] label map and a stride >= 1, got {tuple(mask.shape)} and {stride}")
